@@ -1,0 +1,627 @@
+"""A small stand-in for the legacy Pydio 8 PHP server, shared by tests and the demo.
+
+It is *not* part of the shim's serving path.  It exists because a real Pydio
+cannot be installed on every test machine, and it is kept honest: it
+authenticates like Pydio (Basic, key-store tokens with the exact HMAC rule,
+the same 401 answers), stores files on disk, keeps ``ajxp_index`` up to date on
+every file operation so that the database triggers fill ``ajxp_changes`` as in
+a real install, and answers ``changes`` with a literal, unoptimised rendition
+of the legacy loop (so tests can compare the shim's feed with it).
+
+Its workspace handling is deliberately written apart from the shim's
+(``shim.workspaces``) so that tests of one are not tests of the other.
+
+Run it at a subpath (``prefix="/pydio"``), with its rewrite rules "broken"
+(``rewrite_broken=True``: only ``index.php`` answers, ``/api`` gets the web
+server's 404) or with the ``Authorization`` header dropped on the way to PHP
+(``drop_authorization=True``), to reproduce the install failures the shim repairs.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import phpserialize
+import sqlalchemy as sa
+from werkzeug.formparser import parse_form_data
+from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import wrap_file
+
+from . import db
+
+REALM_HEADER = 'Basic realm="Pydio API"'
+NOT_AUTHORIZED = b"You are not authorized to access this API."
+HTML = "text/html; charset=UTF-8"
+XML = "text/xml; charset=UTF-8"
+
+
+@dataclass
+class StandinWorkspace:
+    """A workspace as the stand-in knows it: ``path`` may hold AJXP_DATA_PATH, AJXP_USER, AJXP_GROUP_PATH."""
+
+    id: str
+    slug: str
+    path: str
+    recycle_bin: str = ""
+    syncable: bool = True
+
+    @property
+    def scope(self) -> str:
+        if "AJXP_USER" in self.path:
+            return "USER"
+        if "AJXP_GROUP_PATH" in self.path:
+            return "GROUP"
+        return ""
+
+
+STOCK = [
+    StandinWorkspace("0", "default", "AJXP_DATA_PATH/files", "recycle_bin"),
+    StandinWorkspace("1", "my-files", "AJXP_DATA_PATH/personal/AJXP_USER", "recycle_bin"),
+]
+
+
+def hash_password(password: str, salt: str | None = None) -> str:
+    """Pydio's stored password format: ``sha256:1000:<salt b64>:<hash b64>`` (PBKDF2)."""
+    salt = salt or base64.b64encode(os.urandom(24)).decode()
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), 1000, 24)
+    return f"sha256:1000:{salt}:{base64.b64encode(digest).decode()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        _algo, _rounds, salt, _ = stored.split(":")
+    except ValueError:
+        return False
+    return hmac.compare_digest(hash_password(password, salt), stored)
+
+
+def php_signed_uri(path: str) -> str:
+    """The legacy rule, written out independently of :mod:`shim.phpcompat`."""
+    parts = []
+    for part in path.rstrip("/").split("/"):
+        raw = bytes(unquote(part.replace("+", " "), encoding="latin-1"), "latin-1")
+        parts.append("".join(chr(b) if (chr(b).isascii() and (chr(b).isalnum() or chr(b) in "-_.~")) else "%%%02X" % b for b in raw))
+    return "/".join(parts).replace("~", "%7E")
+
+
+class LegacyStandin:
+    """A WSGI application behaving like a Pydio 8 install for the sync client."""
+
+    def __init__(self, database_url: str, data_dir: str, workspaces=None, prefix: str = "/",
+                 rewrite_broken: bool = False, drop_authorization: bool = False,
+                 force_session_credentials: bool = False):
+        self.engine = db.create_engine(database_url)
+        self.data_dir = data_dir
+        self.workspaces = list(workspaces or STOCK)
+        self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+        self.rewrite_broken = rewrite_broken
+        self.drop_authorization = drop_authorization
+        self.force_session_credentials = force_session_credentials
+        self.sessions: dict[str, str] = {}
+        self.log = collections.deque(maxlen=2000)  # (method, raw request URI)
+        self.calls = collections.Counter()  # action name -> count
+        self._lock = threading.Lock()
+        os.makedirs(data_dir, exist_ok=True)
+
+    # --- setup helpers (tests and demo) ---------------------------------------
+
+    def install(self):
+        """Create the conf tables and the meta.syncable schema (empty database)."""
+        with self.engine.begin() as conn:
+            db.create_conf_tables(conn)
+            db.install_syncable_schema(conn)
+
+    def add_user(self, login: str, password: str, group_path: str = "/", rights=("0", "1")):
+        with self.engine.begin() as conn:
+            conn.execute(db.users.insert().values(login=login, password=hash_password(password), groupPath=group_path))
+            for ws in rights:
+                conn.execute(db.user_rights.insert().values(login=login, repo_uuid=ws, rights="rw"))
+
+    def set_right(self, login: str, ws_id: str, rights: str | None):
+        """Grant (``"r"``/``"rw"``) or revoke (``None``) a right."""
+        with self.engine.begin() as conn:
+            conn.execute(db.user_rights.delete().where(db.user_rights.c.login == login, db.user_rights.c.repo_uuid == ws_id))
+            if rights:
+                conn.execute(db.user_rights.insert().values(login=login, repo_uuid=ws_id, rights=rights))
+
+    # --- WSGI -----------------------------------------------------------------
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        raw_uri = environ.get("REQUEST_URI") or environ.get("RAW_URI") or request.full_path
+        path = urlsplit(raw_uri).path
+        self.log.append((request.method, raw_uri))
+        if self.drop_authorization:
+            environ.pop("HTTP_AUTHORIZATION", None)
+            request = Request(environ)
+        try:
+            response = self.route(request, path, raw_uri)
+        except FileNotFoundError:
+            response = Response(b"", 404)
+        return response(environ, start_response)
+
+    def route(self, request: Request, path: str, raw_uri: str) -> Response:
+        base = self.prefix
+        if path.startswith(base + "/_standin/"):
+            return self.diagnostics(request, path[len(base) + len("/_standin/"):], raw_uri)
+        if self.rewrite_broken and not path.startswith(base + "/index.php"):
+            # What Apache says when the rewrite to index.php is missing.
+            body = ("<!DOCTYPE HTML PUBLIC \"-//IETF//DTD HTML 2.0//EN\">\n<html><head>\n<title>404 Not Found</title>\n"
+                    "</head><body>\n<h1>Not Found</h1>\n<p>The requested URL was not found on this server.</p>\n</body></html>\n")
+            return Response(body, 404, content_type="text/html; charset=iso-8859-1")
+        if path.startswith(base + "/index.php"):
+            path = base + path[len(base) + len("/index.php"):]
+        if path.startswith(base + "/api/"):
+            return self.api(request, path[len(base) + len("/api/"):])
+        if path in (base, base + "/") and request.args.get("get_action") == "login":
+            return self.login(request)
+        if path in (base, base + "/"):
+            return self.boot_page(request)
+        return Response("Not found", 404, content_type=HTML)
+
+    # --- web UI, just enough for redirects and cookies ------------------------
+
+    def own_base_url(self, request: Request) -> str:
+        return f"{request.scheme}://{request.host}{self.prefix}/"
+
+    def boot_page(self, request: Request) -> Response:
+        base = self.own_base_url(request)
+        user = self.sessions.get(request.cookies.get("AjaXplorer", ""))
+        html = (f'<!DOCTYPE html><html><head><base href="{base}"><title>Pydio</title>'
+                f'<script>window.ajxpServerAccess = "{base}index.php";</script></head>'
+                f'<body data-user="{user or ""}"><a href="{base}login">login</a></body></html>')
+        return Response(html, 200, content_type=HTML)
+
+    def login(self, request: Request) -> Response:
+        login = (request.form.get("userid") or "").strip()
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(db.users.c.password).where(db.users.c.login == login)).first()
+        if not row or not check_password(request.form.get("password", ""), row[0]):
+            return Response('<?xml version="1.0" encoding="UTF-8"?><tree><logging_result value="-1"/></tree>', 200, content_type=XML)
+        session = secrets.token_hex(16)
+        self.sessions[session] = login
+        response = Response("", 302, headers={"Location": self.own_base_url(request)})
+        response.headers.add("Set-Cookie", f"AjaXplorer={session}; path={self.prefix or '/'}; HttpOnly")
+        return response
+
+    # --- REST API ---------------------------------------------------------------
+
+    def params(self, request: Request) -> dict:
+        params = dict(parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True))
+        params = {k: v.encode("latin-1").decode("utf-8", "replace") for k, v in params.items()}
+        if request.method == "POST":
+            params.update(request.form.to_dict())
+        return params
+
+    def authenticate(self, request: Request, params: dict, path: str) -> str | None:
+        token = params.get("auth_token")
+        auth_hash = params.get("auth_hash")
+        if token and auth_hash and ":" in auth_hash:
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.select(db.simple_store.c.serialized_data).where(
+                    db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token)).first()
+            if row:
+                data = phpserialize.loads(row[0].encode(), decode_strings=True)
+                nonce, given = auth_hash.split(":", 1)
+                message = f"{php_signed_uri(path)}:{nonce}:{data['PRIVATE']}"
+                expected = hmac.new(token.encode(), message.encode(), hashlib.sha256).hexdigest()
+                if hmac.compare_digest(expected, given):
+                    return data["USER_ID"]
+            return None
+        auth = request.authorization
+        if auth and auth.type == "basic" and auth.username is not None:
+            login = auth.username.strip()
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.select(db.users.c.password).where(db.users.c.login == login)).first()
+            if row and check_password(auth.password or "", row[0]):
+                return login
+            return None
+        session = request.cookies.get("AjaXplorer")
+        return self.sessions.get(session) if session else None
+
+    def find_workspace(self, ws_key: str, login: str):
+        if ws_key == "pydio":
+            allowed = [w for w in self.all_workspaces() if self.has_right(login, w.id)]
+            return allowed[0] if allowed else None
+        candidates = self.all_workspaces()
+        for ws in candidates:
+            if ws.id == ws_key:
+                return ws
+        for ws in candidates:
+            if ws.slug == ws_key:
+                return ws
+        return None
+
+    def all_workspaces(self):
+        found = list(self.workspaces)
+        with self.engine.connect() as conn:
+            repos = conn.execute(sa.select(db.repo.c.uuid, db.repo.c.slug, db.repo.c.isTemplate)).all()
+            options = conn.execute(sa.select(db.repo_options.c.uuid, db.repo_options.c.name, db.repo_options.c.val)).all()
+        opts = collections.defaultdict(dict)
+        for uuid, name, val in options:
+            opts[uuid][name] = val.decode() if isinstance(val, bytes) else (val or "")
+        for uuid, slug, is_template in repos:
+            if is_template:
+                continue
+            o = opts[uuid]
+            meta = o.get("META_SOURCES", "")
+            syncable = "meta.syncable" in meta and "REPO_SYNCABLE\";b:0" not in meta
+            found.append(StandinWorkspace(uuid, slug or uuid, o.get("PATH", "AJXP_DATA_PATH/" + uuid),
+                                          o.get("RECYCLE_BIN", ""), syncable))
+        return found
+
+    def has_right(self, login: str, ws_id: str) -> bool:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(db.user_rights.c.rights).where(
+                db.user_rights.c.login == login, db.user_rights.c.repo_uuid == ws_id)).first()
+        return bool(row and "r" in row[0])
+
+    def group_path(self, login: str) -> str:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(db.users.c.groupPath).where(db.users.c.login == login)).first()
+        return (row[0] if row else None) or "/"
+
+    def identifier(self, ws: StandinWorkspace, login: str) -> str:
+        if ws.scope == "USER":
+            return f"{ws.id}-{login}"
+        if ws.scope == "GROUP":
+            return f"{ws.id}-{self.group_path(login)}"
+        return ws.id
+
+    def root_dir(self, ws: StandinWorkspace, login: str) -> str:
+        path = (ws.path.replace("AJXP_DATA_PATH", self.data_dir).replace("AJXP_USER", login)
+                .replace("AJXP_GROUP_PATH", self.group_path(login).strip("/")))
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def api(self, request: Request, rest: str) -> Response:
+        parts = rest.split("/", 2)
+        if len(parts) < 2:
+            return Response("", 404)
+        ws_key, action = unquote(parts[0]), parts[1]
+        node_path = "/" + unquote(parts[2], errors="surrogateescape") if len(parts) > 2 else ""
+        params = self.params(request)
+        login = self.authenticate(request, params, urlsplit(request.environ.get("REQUEST_URI") or request.full_path).path)
+        with self._lock:
+            self.calls[action] += 1
+        if login is None:
+            return Response(b"", 401, headers={"WWW-Authenticate": REALM_HEADER}, content_type=HTML)
+        ws = self.find_workspace(ws_key, login)
+        if ws is None:
+            return Response('<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
+                            f'Could not find workspace with id/alias {ws_key}</message></tree>', 200, content_type=XML)
+        if not self.has_right(login, ws.id):
+            return Response(NOT_AUTHORIZED, 401, content_type=HTML)
+        handler = getattr(self, "do_" + action, None)
+        if handler is None:
+            return Response('<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
+                            f'Unknown action {action}</message></tree>', 200, content_type=XML)
+        return handler(request, ws, login, node_path, params)
+
+    # --- file actions, each keeping ajxp_index current ---------------------------
+
+    def _local(self, ws, login, path) -> str:
+        clean = "/" + "/".join(p for p in path.split("/") if p not in ("", ".", ".."))
+        return self.root_dir(ws, login) + clean
+
+    def _index_insert(self, ws, login, path, local):
+        st = os.stat(local)
+        is_dir = os.path.isdir(local)
+        md5 = "directory" if is_dir else _md5_file(local)
+        with self.engine.begin() as conn:
+            conn.execute(db.index.insert().values(node_path=path, bytesize=0 if is_dir else st.st_size, md5=md5,
+                                                  mtime=int(st.st_mtime), repository_identifier=self.identifier(ws, login)))
+
+    def _index_content(self, ws, login, path, local):
+        st = os.stat(local)
+        with self.engine.begin() as conn:
+            done = conn.execute(db.index.update().where(db.index.c.node_path == path, db.index.c.repository_identifier == self.identifier(ws, login))
+                                .values(bytesize=st.st_size, mtime=int(st.st_mtime), md5=_md5_file(local))).rowcount
+        if not done:
+            self._index_insert(ws, login, path, local)
+
+    def _index_move(self, ws, login, old, new):
+        ident = self.identifier(ws, login)
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(db.index.c.node_id, db.index.c.node_path).where(
+                db.index.c.repository_identifier == ident,
+                sa.or_(db.index.c.node_path == old, db.index.c.node_path.startswith(old.rstrip("/") + "/", autoescape=True)))).all()
+            for node_id, node_path in sorted(rows):
+                conn.execute(db.index.update().where(db.index.c.node_id == node_id).values(node_path=new + node_path[len(old):]))
+
+    def _index_delete(self, ws, login, path):
+        ident = self.identifier(ws, login)
+        with self.engine.begin() as conn:
+            conn.execute(db.index.delete().where(db.index.c.repository_identifier == ident, sa.or_(
+                db.index.c.node_path == path, db.index.c.node_path.startswith(path.rstrip("/") + "/", autoescape=True))))
+
+    def do_mkdir(self, request, ws, login, path, params):
+        local = self._local(ws, login, path)
+        os.makedirs(local, exist_ok=False)
+        self._index_insert(ws, login, path, local)
+        return self._ok("Created folder")
+
+    def do_mkfile(self, request, ws, login, path, params):
+        local = self._local(ws, login, path)
+        with open(local, "xb") as fh:
+            fh.write(params.get("content", "").encode())
+        self._index_insert(ws, login, path, local)
+        return self._ok("Created file")
+
+    def do_upload(self, request, ws, login, path, params):
+        # upload/put/{dir}: multipart field userfile_0, streamed to disk by Werkzeug.
+        directory = path[len("/put"):] if path.startswith("/put") else path
+        stream, form, files = parse_form_data(request.environ)
+        upload = files.get("userfile_0")
+        if upload is None:
+            return Response("no file", 400)
+        name = unquote(form.get("urlencoded_filename") or "") or upload.filename
+        target = directory.rstrip("/") + "/" + name
+        local = self._local(ws, login, target)
+        existed = os.path.exists(local)
+        upload.save(local)
+        if existed:
+            self._index_content(ws, login, target, local)
+        else:
+            self._index_insert(ws, login, target, local)
+        return self._ok("Uploaded")
+
+    def do_rename(self, request, ws, login, path, params):
+        source = params.get("file") or path
+        new_name = params.get("filename_new")
+        dest = params.get("dest")
+        target = (dest.rstrip("/") + "/" + source.rsplit("/", 1)[1]) if dest else source.rsplit("/", 1)[0] + "/" + new_name
+        return self._move(ws, login, source, target)
+
+    do_move = do_rename
+
+    def _move(self, ws, login, source, target):
+        os.makedirs(os.path.dirname(self._local(ws, login, target)), exist_ok=True)
+        os.rename(self._local(ws, login, source), self._local(ws, login, target))
+        self._index_move(ws, login, source, target)
+        return self._ok("Renamed")
+
+    def do_delete(self, request, ws, login, path, params):
+        target = params.get("file") or path
+        if not target or target == "/":
+            return Response("nothing to delete", 400)
+        recycle = "/" + ws.recycle_bin if ws.recycle_bin else None
+        if recycle and not target.startswith(recycle + "/"):
+            if not os.path.isdir(self._local(ws, login, recycle)):
+                os.makedirs(self._local(ws, login, recycle))
+                self._index_insert(ws, login, recycle, self._local(ws, login, recycle))
+            return self._move(ws, login, target, recycle + "/" + target.rsplit("/", 1)[1])
+        local = self._local(ws, login, target)
+        shutil.rmtree(local) if os.path.isdir(local) else os.remove(local)
+        self._index_delete(ws, login, target)
+        return self._ok("Deleted")
+
+    def do_ls(self, request, ws, login, path, params):
+        local = self._local(ws, login, path or "/")
+        items = []
+        for name in sorted(os.listdir(local)):
+            st = os.stat(os.path.join(local, name))
+            child = (path.rstrip("/") + "/" + name)
+            is_file = "false" if os.path.isdir(os.path.join(local, name)) else "true"
+            items.append(f'<tree filename="{_xml(child)}" text="{_xml(name)}" is_file="{is_file}" '
+                         f'bytesize="{st.st_size}" ajxp_modiftime="{int(st.st_mtime)}"/>')
+        body = f'<?xml version="1.0" encoding="UTF-8"?><tree filename="{_xml(path or "/")}">' + "".join(items) + "</tree>"
+        return Response(body, 200, content_type=XML)
+
+    def do_stat(self, request, ws, login, path, params):
+        local = self._local(ws, login, path or "/")
+        if not os.path.exists(local):
+            return Response("{}", 200, content_type="application/json")
+        st = os.stat(local)
+        return Response(json.dumps({"size": st.st_size, "mtime": int(st.st_mtime), "mode": st.st_mode}), 200,
+                        content_type="application/json")
+
+    def do_download(self, request, ws, login, path, params):
+        local = self._local(ws, login, params.get("file") or path)
+        if not os.path.isfile(local):
+            return Response("", 404)
+        st = os.stat(local)
+        response = Response(wrap_file(request.environ, open(local, "rb")), 200, content_type="application/force-download",
+                            direct_passthrough=True)
+        response.content_length = st.st_size
+        response.last_modified = int(st.st_mtime)
+        response.set_etag(f"{st.st_ino:x}-{st.st_size:x}-{int(st.st_mtime):x}")
+        response.headers["Content-Disposition"] = f'attachment; filename="{os.path.basename(local)}"'
+        response.headers["Accept-Ranges"] = "bytes"
+        return response.make_conditional(request, accept_ranges=True, complete_length=st.st_size)
+
+    def do_keystore_generate_auth_token(self, request, ws, login, path, params):
+        if self.force_session_credentials:
+            return Response(b"", 200, content_type=HTML)
+        token, private = secrets.token_hex(16), secrets.token_hex(16)
+        data = {"USER_ID": login, "PRIVATE": private, "DEVICE_ID": path.strip("/"),
+                "DEVICE_UA": request.headers.get("User-Agent", ""), "DEVICE_IP": request.remote_addr or ""}
+        with self.engine.begin() as conn:
+            conn.execute(db.simple_store.insert().values(object_id=token, store_id="keystore",
+                                                         serialized_data=phpserialize.dumps(data).decode()))
+        return Response(json.dumps({"t": token, "p": private}), 200, content_type="application/json")
+
+    def do_changes(self, request, ws, login, path, params):
+        """The legacy ``changes`` action, line by line as the PHP loop runs."""
+        seq_param = params.get("seq_id", path.strip("/"))
+        with self._lock:
+            self.calls["changes_side_effects"] += 1
+        stream = "stream" in params
+        sep = "\n" if stream else ","
+        seq_clean = "".join(c for c in seq_param if c.isascii() and (c.isalnum() or c in "_.-"))
+        digits = ""
+        for i, c in enumerate(seq_clean):
+            if c.isdigit() or (i == 0 and c in "+-"):
+                digits += c
+            else:
+                break
+        seq = int(digits) if digits.lstrip("+-") else 0
+        with self.engine.connect() as conn:
+            very_last = conn.execute(sa.text("SELECT MAX(seq) FROM ajxp_changes")).scalar() or 0
+            if very_last > 0 and seq > very_last:
+                body = "LAST_SEQ:1" if stream else '{"changes":[],"last_seq":1}'
+                return Response(body, 200, content_type="application/json; charset=UTF-8")
+            sql = ("SELECT c.seq, c.repository_identifier, c.node_id, c.type, c.source, c.target, "
+                   "i.bytesize, i.md5, i.mtime, i.node_path FROM ajxp_changes c LEFT JOIN ajxp_index i "
+                   "ON c.node_id = i.node_id WHERE c.repository_identifier = :ident AND c.seq > :seq")
+            binds = {"ident": self.identifier(ws, login), "seq": seq}
+            filt = None
+            if "filter" in params:
+                filt = params["filter"]
+                like = filt.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+                sql += " AND (c.source LIKE :like ESCAPE '\\' OR c.target LIKE :like ESCAPE '\\')"
+                if self.engine.dialect.name == "mysql":
+                    sql = sql.replace("ESCAPE '\\'", "ESCAPE '\\\\'")
+                binds["like"] = like
+            sql += " ORDER BY c.node_id, c.seq"
+            rows = [dict(r._mapping) for r in conn.execute(sa.text(sql), binds)]
+            table_max = conn.execute(sa.text("SELECT MAX(seq) FROM ajxp_changes")).scalar()
+        order = {"path": 0, "content": 1, "create": 2, "delete": 3}
+        out, sent, last_seq = [], False, None
+        prev, prev_id = None, -1
+
+        def emit(row):
+            nonlocal sent
+            if sent:
+                out.append(sep)
+            out.append(json.dumps(row, separators=(",", ":")).replace("/", "\\/"))
+            sent = True
+
+        flatten = "flatten" in params and params["flatten"] != "false"
+        for r in rows:
+            row = {"seq": int(r["seq"]), "node_id": int(r["node_id"]), "type": r["type"], "source": r["source"],
+                   "target": r["target"], "node": {
+                       "bytesize": None if r["bytesize"] is None else int(r["bytesize"]), "md5": r["md5"],
+                       "mtime": None if r["mtime"] is None else int(r["mtime"]), "node_path": r["node_path"],
+                       "repository_identifier": r["repository_identifier"]}}
+            if ws.recycle_bin and row["type"] == "path":
+                if row["source"].startswith("/" + ws.recycle_bin):
+                    row["source"], row["type"] = "NULL", "create"
+                elif row["target"].startswith("/" + ws.recycle_bin):
+                    row["target"], row["type"] = "NULL", "delete"
+            if not flatten:
+                if not _filter_row(row, filt):
+                    emit(row)
+                continue
+            if row["node_id"] == prev_id:
+                prev["target"], prev["seq"] = row["target"], row["seq"]
+                if row["type"] == "create" and prev["type"] == "delete":
+                    prev["type"] = "create"
+                elif order[row["type"]] > order[prev["type"]]:
+                    prev["type"] = row["type"]
+            else:
+                if prev is not None and (prev["source"] != prev["target"] or prev["type"] == "content"):
+                    if _filter_row(prev, filt):
+                        prev, prev_id, last_seq = row, row["node_id"], row["seq"]
+                        continue
+                    emit(prev)
+                prev, prev_id = row, row["node_id"]
+            if last_seq is None or row["seq"] > last_seq:
+                last_seq = row["seq"]
+        if prev is not None and (prev["source"] != prev["target"] or prev["type"] == "content") and not _filter_row(prev, filt):
+            emit(prev)
+            if last_seq is None or prev["seq"] > last_seq:
+                last_seq = prev["seq"]
+        if last_seq is None:
+            last_seq = table_max or 1
+        body = "".join(out) + (f"\nLAST_SEQ:{last_seq}" if stream else f'], "last_seq":{last_seq}}}')
+        if not stream:
+            body = '{"changes":[' + body
+        return Response(body, 200, content_type="application/json; charset=UTF-8")
+
+    def _ok(self, text):
+        return Response(f'<?xml version="1.0" encoding="UTF-8"?><tree><message type="SUCCESS">{_xml(text)}</message></tree>',
+                        200, content_type=XML)
+
+    # --- diagnostics for proxy tests (not a Pydio feature) ------------------------
+
+    def diagnostics(self, request: Request, what: str, raw_uri: str) -> Response:
+        if what.startswith("echo"):
+            digest, size = hashlib.md5(), 0
+            while chunk := request.stream.read(65536):
+                digest.update(chunk)
+                size += len(chunk)
+            info = {"method": request.method, "request_uri": raw_uri, "headers": list(request.headers.items()),
+                    "body_md5": digest.hexdigest(), "body_length": size, "remote_addr": request.remote_addr}
+            return Response(json.dumps(info), 200, content_type="application/json")
+        if what.startswith("bytes"):
+            n = int(request.args.get("n", "0"))
+            chunk = b"x" * 65536
+
+            def generate():
+                left = n
+                while left > 0:
+                    yield chunk[:min(left, 65536)]
+                    left -= min(left, 65536)
+            return Response(generate(), 200, content_type="application/octet-stream", headers={"Content-Length": str(n)})
+        if what.startswith("slow"):
+            time.sleep(float(request.args.get("s", "1")))
+            return Response("slow", 200, content_type="text/plain")
+        return Response("unknown diagnostic", 404, content_type="text/plain")
+
+
+def _filter_row(row, filt):
+    """The legacy filterRow(): True means drop; rewrites paths relative to the filter."""
+    if filt is None or filt == "":
+        return False
+    src_in = row["source"].startswith(filt + "/")
+    tgt_in = row["target"].startswith(filt + "/")
+    if not src_in and not tgt_in:
+        return True
+    if row["type"] == "path":
+        if not src_in:
+            row["type"], row["source"] = "create", "NULL"
+        elif not tgt_in:
+            row["type"], row["target"] = "delete", "NULL"
+    if src_in:
+        row["source"] = row["source"][len(filt):]
+    if tgt_in:
+        row["target"] = row["target"][len(filt):]
+    node_path = row["node"]["node_path"]
+    if row["type"] != "delete":
+        row["node"]["node_path"] = node_path[len(filt):] if isinstance(node_path, str) and len(node_path) >= len(filt) else False
+    elif not (isinstance(node_path, str) and node_path.startswith(filt)):
+        row["node"]["node_path"] = False
+    return False
+
+
+def _md5_file(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+class ServerThread:
+    """Serve a WSGI app on a free loopback port in a daemon thread (tests, demo)."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        from werkzeug.serving import make_server
+        self.server = make_server(host, port, app, threaded=True)
+        self.port = self.server.server_port
+        self.url = f"http://{host}:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,92 @@
+"""The legacy stand-in authenticates and indexes like Pydio 8."""
+
+import hashlib
+import hmac
+import json
+import secrets
+
+import requests
+import sqlalchemy as sa
+
+from shim.standin import php_signed_uri
+
+
+def change_types(standin):
+    with standin.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "SELECT type, source, target FROM ajxp_changes ORDER BY seq"))]
+
+
+def sign(url_path, token, private):
+    nonce = secrets.token_hex(8)
+    digest = hmac.new(token.encode(), f"{url_path.rstrip('/')}:{nonce}:{private}".encode(), hashlib.sha256).hexdigest()
+    return f"{nonce}:{digest}"
+
+
+def test_mkfile_rename_delete_fill_the_changes_table(standin):
+    auth = ("alice", "alice-secret")
+    api = standin.url + "/api/my-files"
+    assert requests.post(api + "/mkfile/report.txt", auth=auth).status_code == 200
+    assert requests.post(api + "/rename", data={"file": "/report.txt", "filename_new": "final.txt"}, auth=auth).ok
+    # my-files has a recycle bin: a delete is a move into it, then a real delete inside it.
+    assert requests.post(api + "/delete", data={"file": "/final.txt"}, auth=auth).ok
+    assert requests.post(api + "/delete", data={"file": "/recycle_bin/final.txt"}, auth=auth).ok
+    assert change_types(standin) == [
+        ("create", "NULL", "/report.txt"),
+        ("path", "/report.txt", "/final.txt"),
+        ("create", "NULL", "/recycle_bin"),
+        ("path", "/final.txt", "/recycle_bin/final.txt"),
+        ("delete", "/recycle_bin/final.txt", "NULL"),
+    ]
+    with standin.engine.connect() as conn:
+        idents = {r[0] for r in conn.execute(sa.text("SELECT repository_identifier FROM ajxp_changes"))}
+    assert idents == {"1-alice"}
+
+
+def test_bad_password_gets_the_pydio_401(standin):
+    response = requests.get(standin.url + "/api/0/ls/", auth=("alice", "wrong"))
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="Pydio API"'
+    assert response.headers["Content-Type"] == "text/html; charset=UTF-8"
+    assert response.content == b""
+
+
+def test_no_right_and_unknown_workspace_answers(standin):
+    standin.set_right("bob", "0", None)
+    response = requests.get(standin.url + "/api/0/ls/", auth=("bob", "bob-secret"))
+    assert response.status_code == 401
+    assert response.content == b"You are not authorized to access this API."
+    assert "WWW-Authenticate" not in response.headers
+    response = requests.get(standin.url + "/api/nope/ls/", auth=("bob", "bob-secret"))
+    assert response.status_code == 200
+    assert response.text == ('<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
+                             'Could not find workspace with id/alias nope</message></tree>')
+
+
+def test_token_signed_over_the_right_path_only(standin):
+    tokens = requests.get(standin.url + "/api/pydio/keystore_generate_auth_token/laptop",
+                          auth=("alice", "alice-secret")).json()
+    path = "/api/0/ls/sub dir é"
+    wire_path = "/api/0/ls/sub%20dir%20%C3%A9"
+    good = requests.get(standin.url + wire_path, params={"auth_token": tokens["t"],
+                                                         "auth_hash": sign(wire_path, tokens["t"], tokens["p"])})
+    # The folder does not exist: the stand-in answers 404 after authenticating.
+    assert good.status_code in (200, 404)
+    assert good.status_code != 401
+    other = requests.get(standin.url + wire_path, params={"auth_token": tokens["t"],
+                                                          "auth_hash": sign("/api/0/ls/other", tokens["t"], tokens["p"])})
+    assert other.status_code == 401
+    assert php_signed_uri(wire_path) == "/api/0/ls/sub%20dir%20%C3%A9"
+    assert php_signed_uri("/pydio/api/0/ls/a+b~c/") == "/pydio/api/0/ls/a%20b%7Ec"
+
+
+def test_changes_action_for_comparison(standin):
+    auth = ("alice", "alice-secret")
+    requests.post(standin.url + "/api/0/mkdir/docs", auth=auth)
+    body = requests.get(standin.url + "/api/0/changes/0", params={"stream": "true"}, auth=auth).text
+    lines = body.split("\n")
+    assert lines[-1] == "LAST_SEQ:1"
+    row = json.loads(lines[0])
+    assert row["type"] == "create" and row["target"] == "/docs"
+    assert '"target":"\\/docs"' in lines[0]
+    assert requests.get(standin.url + "/api/0/changes/99", params={"stream": "true"}, auth=auth).text == "LAST_SEQ:1"
