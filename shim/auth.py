@@ -1,0 +1,283 @@
+"""Who is asking, and may they read this workspace's feed?
+
+Authentication: key-store tokens are verified here, by recomputing the HMAC
+exactly as the legacy server does over the path the client signed; Basic
+credentials are taken as given (their password is checked by the legacy
+server during the authorization probe).  Anything else (cookie sessions, no
+credentials, malformed values) yields no principal and the request is
+forwarded, so the legacy server answers it.
+
+Authorization: the legacy server stays the authority.  The shim asks it once
+with the client's own credentials (a ``changes`` call with a seq above the
+table's MAX: cheap, and it runs the workspace's side effects), then remembers
+an allowed answer for ``auth.cache_ttl`` seconds and a refusal for at most
+``auth.deny_cache_ttl`` seconds.  Cache keys are keyed hashes, never a raw
+password; nothing secret is ever logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+import phpserialize
+import sqlalchemy as sa
+
+from . import db
+from .phpcompat import signed_uri
+
+log = logging.getLogger(__name__)
+
+#: A seq above any real table's MAX: the probe costs the legacy server one MAX query.
+PROBE_SEQ = 2**53 - 1
+#: PHP trim()'s default character set.
+PHP_TRIM = " \t\n\r\0\x0b"
+_MAX_CREDENTIAL = 4096
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+# A per-process key for cache keys: hashes of credentials are useless outside it.
+_CACHE_KEY_SECRET = os.urandom(32)
+
+
+def _keyed(*parts: str | bytes) -> str:
+    mac = hmac.new(_CACHE_KEY_SECRET, digestmod=hashlib.sha256)
+    for part in parts:
+        mac.update(part if isinstance(part, bytes) else part.encode("utf-8", "surrogateescape"))
+        mac.update(b"\0")
+    return mac.hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of a feed request."""
+
+    kind: str  # "basic" or "token"
+    login: str
+    cache_key: str
+    authorization: str | None = None  # the Basic header, to pass on in the probe
+    token: str | None = None
+    private: str | None = None
+
+    def __repr__(self):  # never print credentials, even by accident
+        return f"Principal(kind={self.kind!r}, login={self.login!r})"
+
+
+@dataclass(frozen=True)
+class TokenCredentials:
+    token: str
+    auth_hash: str
+
+
+def basic_login(header: str | None) -> tuple[str, str] | None:
+    """``(login, password)`` from a Basic ``Authorization`` header, or None if malformed."""
+    if not header or len(header) > _MAX_CREDENTIAL:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    if ":" not in decoded or "\0" in decoded:
+        return None
+    login, password = decoded.split(":", 1)
+    login = login.strip(PHP_TRIM)
+    if not login:
+        return None
+    return login, password
+
+
+def token_credentials(params: dict[str, str]) -> TokenCredentials | None:
+    """``auth_token``/``auth_hash`` from the merged parameters, if well formed."""
+    token, auth_hash = params.get("auth_token"), params.get("auth_hash")
+    if not token or not auth_hash or len(token) > 256 or len(auth_hash) > 512:
+        return None
+    nonce, sep, digest = auth_hash.partition(":")
+    if not sep or not nonce or len(digest) != 64 or not set(digest) <= _HEX:
+        return None
+    if not token.isascii() or not token.isprintable():
+        return None
+    return TokenCredentials(token, auth_hash)
+
+
+def token_hash(token: str, signed_path: str, nonce: str, private: str) -> str:
+    """hex HMAC-SHA256 keyed by the token over ``uri:nonce:private`` (the legacy rule)."""
+    message = f"{signed_uri(signed_path)}:{nonce}:{private}".encode("utf-8", "surrogateescape")
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
+def sign(token: str, private: str, path: str) -> str:
+    """A fresh ``auth_hash`` (``nonce:hash``) for *path*."""
+    nonce = secrets.token_hex(20)
+    return f"{nonce}:{token_hash(token, path, nonce, private)}"
+
+
+class KeyStore:
+    """Reads key-store rows (``ajxp_simple_store``), with a short TTL cache."""
+
+    def __init__(self, engine, ttl: float = 30.0, max_entries: int = 10000):
+        self.engine = engine
+        self.ttl = ttl
+        self._cache = _TTLCache(max_entries)
+
+    def lookup(self, token: str) -> tuple[str, str] | None:
+        """``(user_id, private)`` for a token usable by the sync client, else None.
+
+        Tokens restricted to an admin task or an IP are left to the legacy
+        server (returns None, so the request is forwarded).
+        """
+        key = _keyed("token", token)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit[0]
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(db.simple_store.c.serialized_data).where(
+                db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token)).first()
+        result = None
+        if row is not None and row[0]:
+            try:
+                data = phpserialize.loads(row[0].encode("utf-8"), decode_strings=True)
+            except ValueError:
+                data = None
+            if (isinstance(data, dict) and isinstance(data.get("USER_ID"), str) and isinstance(data.get("PRIVATE"), str)
+                    and not data.get("ADMIN_TASK_ID") and not data.get("RESTRICT_TO_IP")):
+                result = (data["USER_ID"], data["PRIVATE"])
+        self._cache.put(key, (result,), self.ttl if result else min(self.ttl, 2.0))
+        return result
+
+
+def authenticate(params: dict[str, str], authorization: str | None, signed_path: str,
+                 keystore: KeyStore) -> Principal | None:
+    """The principal of a feed request, or None (forward it to the legacy server).
+
+    *signed_path* is the path the client signed: the public request path.
+    A token whose hash does not verify yields None, so the legacy server
+    refuses it with its own answer.
+    """
+    credentials = token_credentials(params)
+    if credentials is not None:
+        found = keystore.lookup(credentials.token)
+        if found is None:
+            return None
+        user_id, private = found
+        nonce, _, given = credentials.auth_hash.partition(":")
+        expected = token_hash(credentials.token, signed_path, nonce, private)
+        if not hmac.compare_digest(expected, given.lower()):
+            return None
+        return Principal("token", user_id, _keyed("token", credentials.token), token=credentials.token, private=private)
+    if "auth_token" in params or "auth_hash" in params:
+        return None
+    basic = basic_login(authorization)
+    if basic is None:
+        return None
+    return Principal("basic", basic[0], _keyed("basic", authorization), authorization=authorization)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of an authorization probe.
+
+    ``allowed``: serve the feed; ``response`` (status, headers, body): the
+    legacy refusal to pass back; neither: forward the request upstream.
+    ``group_path``/``login`` are the stored identity used for the identifier.
+    """
+
+    allowed: bool
+    response: tuple[int, list, bytes] | None = None
+    login: str | None = None
+    group_path: str | None = None
+
+
+FORWARD = Decision(False)
+
+
+class _TTLCache:
+    """A bounded mapping whose entries expire (least recently used dropped first)."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max(1, max_entries)
+        self._data: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        now = time.monotonic()
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            expires, value = entry
+            if expires <= now:
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return value
+
+    def put(self, key, value, ttl: float):
+        if ttl <= 0:
+            return
+        with self._lock:
+            self._data[key] = (time.monotonic() + ttl, value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+
+class Authorizer:
+    """Decides feed access by probing the legacy server, caching the answers.
+
+    *send_probe(ws_segment, principal)* performs the probe and returns
+    ``(status, headers, body)``; it is the proxy's business how.
+    """
+
+    def __init__(self, engine, send_probe, ttl: float = 30.0, deny_ttl: float = 2.0, max_entries: int = 10000,
+                 metrics=None):
+        self.engine = engine
+        self.send_probe = send_probe
+        self.ttl = ttl
+        self.deny_ttl = min(deny_ttl, 5.0)
+        self.cache = _TTLCache(max_entries)
+        self.metrics = metrics
+        self.probes = 0
+
+    def decide(self, principal: Principal, ws_segment: str, ws_id: str) -> tuple[Decision, bool]:
+        """``(decision, cache_hit)`` for *principal* reading workspace *ws_id*."""
+        key = (principal.cache_key, ws_id)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached, True
+        self.probes += 1
+        status, headers, body = self.send_probe(ws_segment, principal)
+        if status in (401, 403):
+            decision = Decision(False, response=(status, headers, body))
+            self.cache.put(key, decision, self.deny_ttl)
+            return decision, False
+        if status == 200 and body.lstrip(b"\n").startswith(b"LAST_SEQ:"):
+            login, group_path = self._identity(principal.login)
+            if login is None:
+                return FORWARD, False
+            decision = Decision(True, login=login, group_path=group_path)
+            self.cache.put(key, decision, self.ttl)
+            return decision, False
+        # Any other answer (an XML error, a redirect, a login page...) is not a
+        # "yes": the legacy server answers the real request itself.
+        log.info("auth: probe for workspace %s answered %s; forwarding", ws_id, status)
+        return FORWARD, False
+
+    def _identity(self, login: str) -> tuple[str | None, str | None]:
+        """The login exactly as stored, and its group path; (None, None) if they do not match."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(db.users.c.login, db.users.c.groupPath).where(db.users.c.login == login)).first()
+        if row is None or row[0] != login:
+            # Unknown here or differing in case: the identifier is not certain.
+            return None, None
+        return row[0], row[1]

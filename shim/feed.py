@@ -1,0 +1,330 @@
+"""The change feed, computed from ``ajxp_changes`` exactly as Pydio 8 prints it.
+
+:func:`parse_feed_params` decides whether the shim can answer a request at all
+(``None`` means "forward it"), :class:`FeedStream` runs the query on a
+server-side cursor and yields the body in chunks as rows arrive, so memory does
+not grow with the number of rows.
+
+The rules (``shared/spec/changes-feed.md``) follow the legacy
+``ChangesTracker::switchActions`` loop, quirks included: rows grouped by node
+rather than in seq order, the ``last_seq`` that can go down after a filtered
+node, ``substr()`` returning ``false`` on a too-short path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from . import db
+from .phpcompat import equals_null, is_valid_utf8_text, json_encode, parse_seq
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/json; charset=UTF-8"
+TYPE_RANK = {"path": 0, "content": 1, "create": 2, "delete": 3}
+#: Parameters the shim understands on a feed request; any other one is forwarded.
+KNOWN_PARAMS = frozenset({"seq_id", "stream", "flatten", "filter", "auth_token", "auth_hash"})
+#: Bytes of output gathered before a chunk is handed to the server.
+CHUNK_BYTES = 16 * 1024
+#: Rows fetched from the cursor at a time.
+FETCH_ROWS = 1000
+
+# A filter the shim is sure the legacy sanitiser leaves unchanged: absolute,
+# no trailing slash, no empty, "." or ".." segment, none of the characters it
+# rejects or strips.  Anything else is forwarded so PHP answers it.
+_SIMPLE_FILTER = re.compile(r'^(/[^/\x00-\x1f"|?\\]+)+$')
+
+
+class FeedError(Exception):
+    """The database failed while the feed was being computed."""
+
+
+@dataclass(frozen=True)
+class FeedParams:
+    """What a feed request asks for, parsed as the legacy server parses it."""
+
+    seq: int
+    stream: bool
+    flatten: bool
+    filter: str | None
+
+
+def parse_feed_params(path_seq: str | None, params: dict[str, str]) -> FeedParams | None:
+    """The feed parameters of a request, or ``None`` when it must be forwarded.
+
+    *path_seq* is the ``{seq}`` path segment (``None`` when absent); *params* the
+    query string and form body merged, form last (PHP's ``$_GET + $_POST``
+    order in Pydio's request parsing gives the body precedence).
+    """
+    if set(params) - KNOWN_PARAMS:
+        return None
+    raw_seq = params.get("seq_id", path_seq)
+    if raw_seq is None:
+        return None
+    filter_value = params.get("filter")
+    if filter_value is not None:
+        if not _SIMPLE_FILTER.match(filter_value) or any(s in (".", "..") for s in filter_value.split("/")):
+            return None
+        if not is_valid_utf8_text(filter_value):
+            return None
+    return FeedParams(
+        seq=parse_seq(raw_seq),
+        stream="stream" in params,
+        flatten="flatten" in params and params["flatten"] != "false",
+        filter=filter_value,
+    )
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching *prefix* literally at the start ('!' escapes)."""
+    return prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+
+
+def feed_query(identifier: str, seq: int, filter_value: str | None):
+    """The legacy SELECT: the workspace's rows after *seq*, joined to the index, by node then seq."""
+    c, i = db.changes, db.index
+    query = (
+        sa.select(c.c.seq, c.c.node_id, c.c.type, c.c.source, c.c.target, i.c.bytesize, i.c.md5, i.c.mtime,
+                  i.c.node_path, c.c.repository_identifier)
+        .select_from(c.outerjoin(i, c.c.node_id == i.c.node_id))
+        .where(c.c.repository_identifier == identifier, c.c.seq > seq)
+        .order_by(c.c.node_id, c.c.seq)
+    )
+    if filter_value is not None:
+        # The engine's own LIKE decides (case-insensitive on MySQL and SQLite,
+        # sensitive on PostgreSQL), exactly as it does for the legacy query.
+        pattern = _like_prefix(filter_value.rstrip("/") + "/")
+        query = query.where(sa.or_(c.c.source.like(pattern, escape="!"), c.c.target.like(pattern, escape="!")))
+    return query
+
+
+def max_seq(conn) -> int:
+    """``MAX(seq)`` over the whole table, 0 when it is empty."""
+    return int(conn.execute(sa.select(sa.func.max(db.changes.c.seq))).scalar() or 0)
+
+
+def _to_int(value):
+    return None if value is None else int(value)
+
+
+def make_row(r) -> dict:
+    """One change row in the legacy key order."""
+    return {
+        "seq": int(r[0]),
+        "node_id": int(r[1]),
+        "type": r[2],
+        "source": r[3],
+        "target": r[4],
+        "node": {
+            "bytesize": _to_int(r[5]),
+            "md5": r[6],
+            "mtime": _to_int(r[7]),
+            "node_path": r[8],
+            "repository_identifier": r[9],
+        },
+    }
+
+
+def cancel_recycle(row: dict, recycle_bin: str) -> None:
+    """A move out of the recycle bin is a creation, a move into it a deletion."""
+    if row["type"] != "path":
+        return
+    prefix = "/" + recycle_bin
+    if row["source"].startswith(prefix):
+        row["source"], row["type"] = "NULL", "create"
+    elif row["target"].startswith(prefix):
+        row["target"], row["type"] = "NULL", "delete"
+
+
+def _php7_substr(value, start: int):
+    """PHP 7 ``substr($value, $start)`` for ``$start >= 0``: ``false`` past the end."""
+    text = "" if value is None or value is False else value
+    if len(text) < start:
+        return False
+    return text[start:]
+
+
+def filter_out(row: dict, filter_value: str | None) -> bool:
+    """The legacy filterRow(): ``True`` drops the row; otherwise rewrites it in place."""
+    if filter_value is None or equals_null(filter_value):
+        return False
+    prefix = filter_value + "/"
+    src_in = row["source"].startswith(prefix)
+    tgt_in = row["target"].startswith(prefix)
+    if not src_in and not tgt_in:
+        return True
+    if row["type"] == "path":
+        if not src_in:
+            row["type"], row["source"] = "create", "NULL"
+        elif not tgt_in:
+            row["type"], row["target"] = "delete", "NULL"
+    strip = len(filter_value)
+    if src_in:
+        row["source"] = row["source"][strip:]
+    if tgt_in:
+        row["target"] = row["target"][strip:]
+    node = row["node"]
+    if row["type"] != "delete":
+        node["node_path"] = _php7_substr(node["node_path"], strip)
+    elif not (isinstance(node["node_path"], str) and node["node_path"].startswith(filter_value)):
+        node["node_path"] = False
+    return False
+
+
+def _worth_sending(row: dict) -> bool:
+    return row["source"] != row["target"] or row["type"] == "content"
+
+
+def feed_rows(rows, params: FeedParams, recycle_bin: str, last_seq_box: list):
+    """Yield the rows to print, in order; ``last_seq_box[0]`` ends as the legacy ``$lastSeq`` (or None).
+
+    *rows* is any iterable of result tuples in :func:`feed_query` column order.
+    """
+    last_seq = None
+    if not params.flatten:
+        for r in rows:
+            row = make_row(r)
+            if recycle_bin:
+                cancel_recycle(row, recycle_bin)
+            if not filter_out(row, params.filter):
+                yield row
+        return
+    previous = None
+    for r in rows:
+        row = make_row(r)
+        if recycle_bin:
+            cancel_recycle(row, recycle_bin)
+        if previous is not None and row["node_id"] == previous["node_id"]:
+            previous["target"], previous["seq"] = row["target"], row["seq"]
+            if row["type"] == "create" and previous["type"] == "delete":
+                previous["type"] = "create"
+            elif TYPE_RANK[row["type"]] > TYPE_RANK[previous["type"]]:
+                previous["type"] = row["type"]
+        else:
+            if previous is not None and _worth_sending(previous):
+                if filter_out(previous, params.filter):
+                    # Legacy quirk: last_seq jumps to this row's seq, even downwards.
+                    previous, last_seq = row, row["seq"]
+                    last_seq_box[0] = last_seq
+                    continue
+                yield previous
+            previous = row
+        if last_seq is None or row["seq"] > last_seq:
+            last_seq = row["seq"]
+        last_seq_box[0] = last_seq
+    if previous is not None and _worth_sending(previous) and not filter_out(previous, params.filter):
+        yield previous
+        if last_seq is None or previous["seq"] > last_seq:
+            last_seq_box[0] = previous["seq"]
+
+
+def _printable(row: dict) -> bool:
+    """False when a string of the row is not valid UTF-8 (PHP could not encode it)."""
+    node = row["node"]
+    return all(is_valid_utf8_text(v) for v in (
+        row["type"], row["source"], row["target"], node["md5"], node["node_path"], node["repository_identifier"]))
+
+
+def reset_body(stream: bool) -> bytes:
+    """The answer to a seq above the table's MAX: "start again from zero"."""
+    return b"LAST_SEQ:1" if stream else b'{"changes":[],"last_seq":1}'
+
+
+class FeedStream:
+    """The body of one feed answer, computed while it is sent.
+
+    Creating it runs the first queries, so that a database failure can still
+    become a 503; iterating yields bytes; :meth:`close` (called by the WSGI
+    server, also on client disconnect) releases the cursor and connection.
+    """
+
+    def __init__(self, engine, identifier: str, params: FeedParams, recycle_bin: str = "",
+                 on_done=None):
+        self.params = params
+        self.recycle_bin = recycle_bin
+        self.rows_sent = 0
+        self.skipped = 0
+        self._on_done = on_done
+        self._conn = None
+        self._result = None
+        self._reset = False
+        try:
+            self._conn = engine.connect()
+            very_last = max_seq(self._conn)
+            if very_last > 0 and params.seq > very_last:
+                self._reset = True
+                self._release()
+                return
+            streaming = self._conn.execution_options(stream_results=True, yield_per=FETCH_ROWS)
+            self._result = streaming.execute(feed_query(identifier, params.seq, params.filter))
+        except sa.exc.SQLAlchemyError as exc:
+            self._release()
+            raise FeedError(str(exc).splitlines()[0]) from exc
+
+    def __iter__(self):
+        if self._reset:
+            yield reset_body(self.params.stream)
+            self._finish()
+            return
+        separator = "\n" if self.params.stream else ","
+        out = [] if self.params.stream else ['{"changes":[']
+        size = 0
+        sent_any = False
+        last_seq_box = [None]
+        try:
+            for row in feed_rows(self._result, self.params, self.recycle_bin, last_seq_box):
+                if not _printable(row):
+                    # PHP's json_encode fails on invalid UTF-8 and prints nothing
+                    # for the row; printing nothing at all keeps the output valid.
+                    self.skipped += 1
+                    log.warning("feed: skipped change seq=%s node_id=%s: a path is not valid UTF-8", row["seq"], row["node_id"])
+                    continue
+                text = json_encode(row)
+                if sent_any:
+                    out.append(separator)
+                out.append(text)
+                sent_any = True
+                self.rows_sent += 1
+                size += len(text) + 1
+                if size >= CHUNK_BYTES:
+                    yield "".join(out).encode("ascii")
+                    out, size = [], 0
+            last_seq = last_seq_box[0]
+            if last_seq is None:
+                last_seq = max_seq(self._conn) or 1
+        except sa.exc.SQLAlchemyError as exc:
+            # The body is already under way: end it without a LAST_SEQ line so the
+            # client can never take a partial answer for a complete one.
+            log.error("feed: database error after %d rows: %s", self.rows_sent, str(exc).splitlines()[0])
+            self._release()
+            raise FeedError("database error while streaming") from exc
+        out.append(f"\nLAST_SEQ:{last_seq}" if self.params.stream else f'], "last_seq":{last_seq}}}')
+        yield "".join(out).encode("ascii")
+        self._finish()
+
+    def _finish(self):
+        self._release()
+        if self._on_done is not None:
+            callback, self._on_done = self._on_done, None
+            callback(self)
+
+    def _release(self):
+        if self._result is not None:
+            try:
+                self._result.close()
+            except Exception:  # the connection may already be gone
+                pass
+            self._result = None
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def close(self):
+        self._release()

@@ -1,0 +1,40 @@
+"""Prometheus metrics of one shim process (``/_shim/metrics``).
+
+Each gunicorn worker keeps its own registry; scrape each instance, or put one
+worker per instance when exact totals matter (see docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The shim's counters and histograms, in a registry of their own."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.feed_requests = Counter("shim_feed_requests_total", "Feed requests answered by the shim, by status",
+                                     ["status"], registry=r)
+        self.feed_latency = Histogram("shim_feed_duration_seconds", "Time to send a whole feed answer",
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.feed_rows = Counter("shim_feed_rows_total", "Change rows sent by the shim", registry=r)
+        self.proxy_requests = Counter("shim_proxy_requests_total", "Requests forwarded to the legacy server, by status",
+                                      ["status"], registry=r)
+        self.proxy_latency = Histogram("shim_proxy_duration_seconds", "Time to forward a whole request",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.proxy_bytes = Counter("shim_proxy_response_bytes_total", "Response body bytes relayed from upstream",
+                                   registry=r)
+        self.auth_cache = Counter("shim_auth_cache_total", "Authorization decisions, by cache result",
+                                  ["result"], registry=r)
+        self.upstream_errors = Counter("shim_upstream_errors_total", "Upstream failures, by kind", ["kind"],
+                                       registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

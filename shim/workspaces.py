@@ -1,0 +1,162 @@
+"""Workspace resolution: which workspace a request names, and whose rows it reads.
+
+Built-in workspaces come from the configuration (Pydio keeps them in PHP),
+the others from ``ajxp_repo`` / ``ajxp_repo_options``.  A workspace is looked up
+by id first, then by slug, as the legacy server does.  Answers are cached for a
+short, configurable time: a workspace created or changed in the admin UI is
+seen within ``workspaces.cache_ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import phpserialize
+import sqlalchemy as sa
+
+from . import db
+from .config import BuiltinWorkspace
+
+log = logging.getLogger(__name__)
+
+USER_SCOPED_ACCESS_TYPES = ("ajxp_conf", "ajxp_admin", "inbox")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What the feed needs to know of a workspace."""
+
+    id: str
+    slug: str
+    scope: str  # "" (shared), "USER" or "GROUP"
+    recycle_bin: str
+    syncable: bool
+
+    def identifier(self, login: str, group_path: str | None) -> str | None:
+        """The ``repository_identifier`` of this workspace for a user, or None if unknown."""
+        if self.scope == "USER":
+            return f"{self.id}-{login}"
+        if self.scope == "GROUP":
+            return f"{self.id}-{group_path}" if group_path else None
+        return self.id
+
+
+def scope_of(path: str, container: str, access_type: str) -> str:
+    """Security scope from the raw options, as Pydio's drivers compute it."""
+    source = container or path or ""
+    if "AJXP_USER" in source:
+        return "USER"
+    if "AJXP_GROUP_PATH" in source:  # also AJXP_GROUP_PATH_FLAT
+        return "GROUP"
+    if access_type in USER_SCOPED_ACCESS_TYPES:
+        return "USER"
+    return ""
+
+
+def decode_option(raw) -> object:
+    """An ``ajxp_repo_options.val``: plain string, or ``$phpserial$``/``$json$`` + encoded value."""
+    if raw is None:
+        return ""
+    if isinstance(raw, memoryview):
+        raw = bytes(raw)
+    text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+    if text.startswith("$phpserial$"):
+        try:
+            return phpserialize.loads(text[len("$phpserial$"):].encode("utf-8"), decode_strings=True)
+        except ValueError:
+            log.warning("workspaces: an option could not be unserialized; treating the workspace as unknown")
+            raise
+    if text.startswith("$json$"):
+        return json.loads(text[len("$json$"):])
+    return text
+
+
+def is_syncable(meta_sources) -> bool:
+    """META_SOURCES holds meta.syncable, and REPO_SYNCABLE is not false."""
+    if not isinstance(meta_sources, dict) or "meta.syncable" not in meta_sources:
+        return False
+    options = meta_sources["meta.syncable"]
+    if isinstance(options, dict):
+        value = options.get("REPO_SYNCABLE", True)
+        if value in (False, "false", 0, "0"):
+            return False
+    return True
+
+
+def from_builtin(ws: BuiltinWorkspace) -> Workspace:
+    return Workspace(id=ws.id, slug=ws.slug, scope=scope_of(ws.path, ws.container, ws.access_type),
+                     recycle_bin=ws.recycle_bin, syncable=ws.syncable)
+
+
+class WorkspaceResolver:
+    """Finds workspaces by id or slug; thread-safe, with a small TTL cache."""
+
+    def __init__(self, engine, builtins, ttl: float = 10.0, max_entries: int = 1000):
+        self.engine = engine
+        self.builtins = [from_builtin(w) for w in builtins]
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._cache: dict[str, tuple[float, Workspace | None]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, key: str) -> Workspace | None:
+        """The workspace named *key* (id or slug), or None when there is none.
+
+        Raises :class:`sqlalchemy.exc.SQLAlchemyError` when the database fails and
+        :class:`ValueError` when its options cannot be read; callers forward then.
+        """
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit and now - hit[0] < self.ttl:
+            return hit[1]
+        found = self._lookup(key)
+        with self._lock:
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()
+            self._cache[key] = (now, found)
+        return found
+
+    def _lookup(self, key: str) -> Workspace | None:
+        for ws in self.builtins:
+            if ws.id == key:
+                return ws
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(db.repo).where(db.repo.c.uuid == key)).first()
+            if row is None:
+                builtin = next((ws for ws in self.builtins if ws.slug == key), None)
+                if builtin:
+                    return builtin
+                rows = conn.execute(sa.select(db.repo).where(db.repo.c.slug == key)).all()
+                if len(rows) != 1:  # none, or ambiguous: not for the shim to choose
+                    return None
+                row = rows[0]
+            return self._from_row(conn, row._mapping)
+
+    def _options(self, conn, uuid: str) -> dict:
+        rows = conn.execute(sa.select(db.repo_options.c.name, db.repo_options.c.val)
+                            .where(db.repo_options.c.uuid == uuid)).all()
+        return {name: decode_option(val) for name, val in rows}
+
+    def _from_row(self, conn, row) -> Workspace | None:
+        if row["isTemplate"]:
+            return None
+        options = self._options(conn, row["uuid"])
+        path, container = str(options.get("PATH", "") or ""), str(options.get("CONTAINER", "") or "")
+        scope = scope_of(path, container, row["accessType"] or "")
+        if row["parent_uuid"]:
+            parent = conn.execute(sa.select(db.repo).where(db.repo.c.uuid == row["parent_uuid"])).first()
+            if parent is not None and parent._mapping["isTemplate"]:
+                parent_options = self._options(conn, row["parent_uuid"])
+                p_path = str(parent_options.get("PATH", "") or "")
+                p_container = str(parent_options.get("CONTAINER", "") or "")
+                if p_path or p_container:
+                    scope = scope_of(p_path, p_container, parent._mapping["accessType"] or "")
+        recycle = options.get("RECYCLE_BIN", "")
+        return Workspace(id=row["uuid"], slug=row["slug"] or row["uuid"], scope=scope,
+                         recycle_bin=recycle if isinstance(recycle, str) else "",
+                         syncable=is_syncable(options.get("META_SOURCES")))
