@@ -203,3 +203,163 @@ def replace_query_param(query: str, name: str, value: str) -> str:
 def resign_query(query: str, token: str, private: str, upstream_path: str) -> str:
     """The query with ``auth_hash`` re-signed (fresh nonce) for *upstream_path*."""
     return replace_query_param(query, "auth_hash", auth.sign(token, private, upstream_path))
+
+
+# --- key-store tokens across prefixes -------------------------------------------------
+
+#: How much of a request body is searched for ``auth_hash`` (form fields come first).
+TOKEN_SEARCH_BYTES = 64 * 1024
+
+_FORM_VALUE = {
+    "urlencoded": lambda name: re.compile(rb"(?:^|&)" + name + rb"=([^&]*)"),
+    "multipart": lambda name: re.compile(rb'name="' + name + rb'"\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]*)\r?\n'),
+}
+
+
+def _same_length_hash(token: str, private: str, upstream_path: str, old_hash: str) -> str:
+    """A fresh ``nonce:hash`` for *upstream_path* exactly as long as *old_hash*.
+
+    Same length, so a body carrying it keeps its ``Content-Length`` and can be
+    patched while it streams.
+    """
+    nonce_length = max(1, len(old_hash) - 65)
+    nonce = auth.secrets.token_hex(nonce_length)[:nonce_length]
+    return f"{nonce}:{auth.token_hash(token, upstream_path, nonce, private)}"
+
+
+def _valid_for(token: str, auth_hash: str, path: str, private: str) -> bool:
+    nonce, sep, given = auth_hash.partition(":")
+    if not sep:
+        return False
+    return auth.hmac.compare_digest(auth.token_hash(token, path, nonce, private), given.lower())
+
+
+def resign_query_if_valid(query: str, public_path: str, upstream_path: str, keystore) -> str:
+    """*query* with ``auth_hash`` re-signed for *upstream_path* when it is valid for *public_path*.
+
+    An invalid or unknown token is left untouched for the legacy server to refuse.
+    """
+    from urllib.parse import parse_qsl
+    pairs = dict(parse_qsl(query, keep_blank_values=True))
+    credentials = auth.token_credentials(pairs)
+    if credentials is None:
+        return query
+    found = keystore.lookup(credentials.token)
+    if found is None or not _valid_for(credentials.token, credentials.auth_hash, public_path, found[1]):
+        return query
+    return resign_query(query, credentials.token, found[1], upstream_path)
+
+
+def resign_body_head(head: bytes, content_type: str, public_path: str, upstream_path: str, keystore) -> bytes:
+    """The first bytes of a form body with ``auth_hash`` re-signed in place (same length).
+
+    Handles ``application/x-www-form-urlencoded`` and ``multipart/form-data``
+    bodies whose ``auth_token``/``auth_hash`` fields lie within *head*.
+    """
+    kind = "multipart" if content_type.startswith("multipart/form-data") else (
+        "urlencoded" if content_type.startswith("application/x-www-form-urlencoded") else None)
+    if kind is None:
+        return head
+    token_match = _FORM_VALUE[kind](rb"auth_token").search(head)
+    hash_match = _FORM_VALUE[kind](rb"auth_hash").search(head)
+    if not token_match or not hash_match:
+        return head
+    from urllib.parse import unquote_to_bytes
+    decode = (lambda raw: unquote_to_bytes(raw.replace(b"+", b" "))) if kind == "urlencoded" else (lambda raw: raw)
+    try:
+        token = decode(token_match.group(1)).decode("ascii")
+        old_hash = decode(hash_match.group(1)).decode("ascii")
+    except UnicodeDecodeError:
+        return head
+    credentials = auth.token_credentials({"auth_token": token, "auth_hash": old_hash})
+    if credentials is None:
+        return head
+    found = keystore.lookup(token)
+    if found is None or not _valid_for(token, old_hash, public_path, found[1]):
+        return head
+    new_hash = _same_length_hash(token, found[1], upstream_path, old_hash)
+    raw_old = hash_match.group(1)
+    # Keep the client's encoding of ':' so the field keeps its byte length.
+    colon = b"%3A" if (b"%3A" in raw_old or b"%3a" in raw_old) else b":"
+    raw_new = new_hash.encode().replace(b":", colon, 1)
+    if len(raw_new) != len(raw_old):
+        return head
+    start, end = hash_match.span(1)
+    return head[:start] + raw_new + head[end:]
+
+
+class HeadReplacedReader:
+    """A sized body whose first bytes were replaced (same length), the rest streamed."""
+
+    def __init__(self, head: bytes, rest, length: int):
+        self.head = head
+        self.rest = rest
+        self.length = length
+
+    def __len__(self):
+        return self.length
+
+    def read(self, size: int = 65536) -> bytes:
+        if self.head:
+            chunk, self.head = self.head[:size], self.head[size:]
+            return chunk
+        return self.rest.read(size)
+
+    def __iter__(self):
+        while chunk := self.read(65536):
+            yield chunk
+
+
+# --- absolute URLs inside web UI bodies ---------------------------------------------
+
+REWRITABLE_TYPES = ("text/html", "text/xml", "application/xml", "application/json", "application/javascript",
+                    "text/javascript")
+
+
+def should_rewrite_body(app_path: str, headers: list[tuple[str, str]], mapping: Mapping) -> bool:
+    """Whether a response body may carry upstream URLs that must become public ones.
+
+    Only web UI answers (boot page, registry, state): never the REST API under
+    ``/api/`` (byte-exact by principle), never downloads, never compressed bodies.
+    """
+    if mapping.upstream_base == mapping.public_base or app_path.startswith(("/api/", "/shares/", "/public/")):
+        return False
+    values = {n.lower(): v for n, v in headers}
+    if "content-encoding" in values or "attachment" in values.get("content-disposition", "").lower():
+        return False
+    ctype = values.get("content-type", "").split(";")[0].strip().lower()
+    return ctype in REWRITABLE_TYPES
+
+
+def rewrite_body_urls(chunks, mapping: Mapping):
+    """Stream *chunks* replacing the upstream origin+prefix by the public one.
+
+    Both the plain form and the JSON form with escaped slashes are replaced.
+    A tail as long as the longest pattern is held back between chunks so a URL
+    split across chunks is still found; memory stays constant.
+    """
+    plain_old, plain_new = mapping.upstream_base.encode(), mapping.public_base.encode()
+    replacements = {plain_old: plain_new, plain_old.replace(b"/", b"\\/"): plain_new.replace(b"/", b"\\/")}
+    # Not followed by a host or port character: http://h:80 must not match http://h:8080.
+    pattern = re.compile(b"(?:" + b"|".join(re.escape(old) for old in replacements) + b")(?![A-Za-z0-9.:-])")
+    keep = max(len(old) for old in replacements)  # one more byte for the look-ahead
+    pending = b""
+    for chunk in chunks:
+        buffer = pending + chunk
+        # A match starting before `limit` is complete in the buffer; later ones
+        # may continue in the next chunk.  Replaced text is never scanned again.
+        limit = len(buffer) - keep
+        out, position = [], 0
+        for match in pattern.finditer(buffer):
+            if match.start() >= limit:
+                break
+            out.append(buffer[position:match.start()])
+            out.append(replacements[match.group()])
+            position = match.end()
+        safe = max(position, limit)
+        out.append(buffer[position:safe])
+        pending = buffer[safe:]
+        if any(out):
+            yield b"".join(out)
+    if pending:
+        yield pattern.sub(lambda m: replacements[m.group()], pending)
