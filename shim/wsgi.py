@@ -239,10 +239,13 @@ class ShimApp:
         started = time.perf_counter()
         mapping = self.mapping(environ, prefix, trusted)
         method = environ["REQUEST_METHOD"]
-        target = translate.upstream_uri(app_path, query, mapping.upstream_prefix)
         headers = proxy.forwarded_headers(environ, prefix, trusted)
         if body is None:
             body, _length = proxy.request_body(environ)
+        if mapping.public_prefix != mapping.upstream_prefix:
+            query, body = self._resign_tokens(environ, translate.join_prefix(prefix, app_path),
+                                              translate.join_prefix(mapping.upstream_prefix, app_path), query, body)
+        target = translate.upstream_uri(app_path, query, mapping.upstream_prefix)
         try:
             upstream = self.upstream.send(method, target, headers, body)
         except proxy.UpstreamError as exc:
@@ -252,6 +255,10 @@ class ShimApp:
             log.error("upstream %s for %s %s: %s", kind, method, _loggable_path(environ), exc)
             return _plain(start_response, f"{exc.status} {_reason(exc.status)}", f"pydio-shim: {exc}")
         headers = translate.rewrite_response_headers(proxy.response_headers(upstream.headers), mapping)
+        if translate.should_rewrite_body(app_path, headers, mapping):
+            # The body changes length: let the server frame it (chunked).
+            upstream.body = translate.rewrite_body_urls(upstream.body, mapping)
+            headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
         start_response(f"{upstream.status} {upstream.reason or _reason(upstream.status)}", headers)
         send_body = method != "HEAD" and upstream.status not in (204, 304) and not 100 <= upstream.status < 200
 
@@ -262,6 +269,30 @@ class ShimApp:
             note["bytes"] = up.bytes_sent
 
         return proxy.ResponseBody(upstream, done, send_body)
+
+    def _resign_tokens(self, environ, public_path: str, upstream_path: str, query: str, body):
+        """Re-sign a valid key-store token hash for the upstream path (query or form body).
+
+        The hash covers the path the client saw; once the prefix changes on the
+        way, the legacy server would refuse it.  Invalid hashes stay as they are.
+        """
+        try:
+            if "auth_hash" in query:
+                query = translate.resign_query_if_valid(query, public_path, upstream_path, self.keystore)
+            ctype = environ.get("CONTENT_TYPE", "")
+            if body and ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+                if isinstance(body, bytes):
+                    body = translate.resign_body_head(body, ctype, public_path, upstream_path, self.keystore)
+                else:
+                    wanted = min(len(body), translate.TOKEN_SEARCH_BYTES)
+                    head = bytearray()
+                    while len(head) < wanted and (chunk := body.read(wanted - len(head))):
+                        head += chunk
+                    head = translate.resign_body_head(bytes(head), ctype, public_path, upstream_path, self.keystore)
+                    body = translate.HeadReplacedReader(head, body, len(body))
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("key store unreadable, token passed on unchanged: %s", exc.__class__.__name__)
+        return query, body
 
     # --- admin --------------------------------------------------------------------------
 
