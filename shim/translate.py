@@ -146,9 +146,10 @@ class Mapping:
             if lname == "path" and eq:
                 rel = strip_prefix(val.strip() or "/", self.upstream_prefix)
                 if rel is not None:
-                    new_path = join_prefix(self.public_prefix, rel)
-                    if val.strip().endswith("/") and not new_path.endswith("/"):
-                        new_path += "/"
+                    if rel == "/":  # the prefix itself: keep the client's trailing-slash choice
+                        new_path = (self.public_prefix + "/") if val.strip().endswith("/") else (self.public_prefix or "/")
+                    else:
+                        new_path = join_prefix(self.public_prefix, rel)
                     attribute = f" {name}={new_path}"
                 else:
                     attribute = " " + attribute.strip()
