@@ -232,7 +232,9 @@ class ShimApp:
         scheme = (environ.get("HTTP_X_FORWARDED_PROTO") if trusted else None) or environ.get("wsgi.url_scheme", "http")
         host = (environ.get("HTTP_X_FORWARDED_HOST") if trusted else None) or environ.get("HTTP_HOST") \
             or environ.get("SERVER_NAME", "localhost")
-        return translate.Mapping(f"{scheme}://{host}", prefix, self.upstream.origin,
+        public_origin = f"{scheme}://{host}"
+        # A FastCGI upstream has no origin of its own: PHP names the public host.
+        return translate.Mapping(public_origin, prefix, self.upstream.origin or public_origin,
                                  translate.normalise_prefix(self.config.upstream_prefix))
 
     def forward(self, environ, start_response, note, app_path, query, prefix, trusted, body=None):
