@@ -28,6 +28,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 import phpserialize
 import sqlalchemy as sa
@@ -43,6 +44,10 @@ PROBE_SEQ = 2**53 - 1
 PHP_TRIM = " \t\n\r\0\x0b"
 _MAX_CREDENTIAL = 4096
 _HEX = frozenset("0123456789abcdefABCDEF")
+# Key-store tokens are generated alphanumeric; a token outside the URL-unreserved
+# set is left to the legacy server, so that the probe can carry it unencoded
+# and both sides read the very same string.
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 # A per-process key for cache keys: hashes of credentials are useless outside it.
 _CACHE_KEY_SECRET = os.urandom(32)
@@ -105,9 +110,29 @@ def token_credentials(params: dict[str, str]) -> TokenCredentials | None:
     nonce, sep, digest = auth_hash.partition(":")
     if not sep or not nonce or len(digest) != 64 or not set(digest) <= _HEX:
         return None
-    if not token.isascii() or not token.isprintable():
+    if not set(token) <= _TOKEN_CHARS:
         return None
     return TokenCredentials(token, auth_hash)
+
+
+def signed_path_is_utf8(path: str) -> bool:
+    """True when every ``urldecode``d segment of *path* is valid UTF-8.
+
+    *path* is a WSGI string (raw bytes as latin-1 characters).  The legacy
+    server converts a segment that is not UTF-8 before re-encoding it; the shim
+    does not reproduce that guess, so such a signature is left to the legacy
+    server.
+    """
+    try:
+        raw = path.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    for segment in raw.split(b"/"):
+        try:
+            unquote_to_bytes(segment.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
 
 
 def token_hash(token: str, signed_path: str, nonce: str, private: str) -> str:
@@ -145,9 +170,14 @@ class KeyStore:
                 db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token)).first()
         result = None
         if row is not None and row[0]:
+            raw = row[0]
+            if isinstance(raw, memoryview):
+                raw = bytes(raw)
+            if isinstance(raw, str):
+                raw = raw.encode("utf-8", "surrogateescape")
             try:
-                data = phpserialize.loads(row[0].encode("utf-8"), decode_strings=True)
-            except ValueError:
+                data = phpserialize.loads(raw, decode_strings=True)
+            except (ValueError, TypeError, IndexError, KeyError):  # a corrupt row: the legacy server decides
                 data = None
             if (isinstance(data, dict) and isinstance(data.get("USER_ID"), str) and isinstance(data.get("PRIVATE"), str)
                     and not data.get("ADMIN_TASK_ID") and not data.get("RESTRICT_TO_IP")):
@@ -166,13 +196,17 @@ def authenticate(params: dict[str, str], authorization: str | None, signed_path:
     """
     credentials = token_credentials(params)
     if credentials is not None:
+        if not signed_path_is_utf8(signed_path):
+            return None
         found = keystore.lookup(credentials.token)
         if found is None:
             return None
         user_id, private = found
         nonce, _, given = credentials.auth_hash.partition(":")
         expected = token_hash(credentials.token, signed_path, nonce, private)
-        if not hmac.compare_digest(expected, given.lower()):
+        # PHP compares the hex strings case-sensitively (``==`` on two non-numeric
+        # strings): an upper-case digest is refused there, so it is not accepted here.
+        if not hmac.compare_digest(expected.encode("ascii"), given.encode("ascii")):
             return None
         return Principal("token", user_id, _keyed("token", credentials.token), token=credentials.token, private=private)
     if "auth_token" in params or "auth_hash" in params:
@@ -221,6 +255,15 @@ class _TTLCache:
                 return None
             self._data.move_to_end(key)
             return value
+
+    def __len__(self):
+        with self._lock:
+            return len(self._data)
+
+    def keys(self) -> list:
+        """The current keys (expired ones included until they are next read)."""
+        with self._lock:
+            return list(self._data)
 
     def put(self, key, value, ttl: float):
         if ttl <= 0:

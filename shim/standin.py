@@ -198,8 +198,11 @@ class LegacyStandin:
     # --- REST API ---------------------------------------------------------------
 
     def params(self, request: Request) -> dict:
-        params = dict(parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True))
-        params = {k: v.encode("latin-1").decode("utf-8", "replace") for k, v in params.items()}
+        # PHP's $_GET holds the percent-decoded bytes: decode each escape to one
+        # latin-1 character first, then read the bytes as UTF-8.
+        params = dict(parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True, encoding="latin-1"))
+        params = {k.encode("latin-1").decode("utf-8", "replace"): v.encode("latin-1").decode("utf-8", "replace")
+                  for k, v in params.items()}
         if request.method == "POST":
             params.update(request.form.to_dict())
         return params
@@ -208,20 +211,27 @@ class LegacyStandin:
         token = params.get("auth_token")
         auth_hash = params.get("auth_hash")
         if token and auth_hash and ":" in auth_hash:
-            with self.engine.connect() as conn:
-                row = conn.execute(sa.select(db.simple_store.c.serialized_data).where(
-                    db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token)).first()
+            row = None
+            if "\0" not in token:  # no key holds a NUL (and PostgreSQL refuses one in a query)
+                with self.engine.connect() as conn:
+                    row = conn.execute(sa.select(db.simple_store.c.serialized_data).where(
+                        db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token)).first()
             if row:
                 data = phpserialize.loads(row[0].encode(), decode_strings=True)
                 nonce, given = auth_hash.split(":", 1)
                 message = f"{php_signed_uri(path)}:{nonce}:{data['PRIVATE']}"
                 expected = hmac.new(token.encode(), message.encode(), hashlib.sha256).hexdigest()
-                if hmac.compare_digest(expected, given):
+                if hmac.compare_digest(expected.encode(), given.encode()):
                     return data["USER_ID"]
             return None
-        auth = request.authorization
+        try:
+            auth = request.authorization
+        except ValueError:  # non-ASCII "base64": PHP's lenient decoding yields no valid user either
+            auth = None
         if auth and auth.type == "basic" and auth.username is not None:
             login = auth.username.strip()
+            if "\0" in login:  # no user is called that (and PostgreSQL refuses a NUL in a query)
+                return None
             with self.engine.connect() as conn:
                 row = conn.execute(sa.select(db.users.c.password).where(db.users.c.login == login)).first()
             if row and check_password(auth.password or "", row[0]):
@@ -495,7 +505,8 @@ class LegacyStandin:
             nonlocal sent
             if sent:
                 out.append(sep)
-            out.append(json.dumps(row, separators=(",", ":")).replace("/", "\\/"))
+            # PHP's json_encode() gives false for text that is not UTF-8: echo prints nothing.
+            out.append(json.dumps(row, separators=(",", ":")).replace("/", "\\/") if _php_encodable(row) else "")
             sent = True
 
         flatten = "flatten" in params and params["flatten"] != "false"
@@ -553,7 +564,8 @@ class LegacyStandin:
                 digest.update(chunk)
                 size += len(chunk)
             info = {"method": request.method, "request_uri": raw_uri, "headers": list(request.headers.items()),
-                    "body_md5": digest.hexdigest(), "body_length": size, "remote_addr": request.remote_addr}
+                    "body_md5": digest.hexdigest(), "body_length": size, "remote_addr": request.remote_addr,
+                    "remote_port": request.environ.get("REMOTE_PORT")}
             return Response(json.dumps(info), 200, content_type="application/json")
         if what.startswith("bytes"):
             n = int(request.args.get("n", "0"))
@@ -590,10 +602,25 @@ def _filter_row(row, filt):
         row["target"] = row["target"][len(filt):]
     node_path = row["node"]["node_path"]
     if row["type"] != "delete":
-        row["node"]["node_path"] = node_path[len(filt):] if isinstance(node_path, str) and len(node_path) >= len(filt) else False
+        # PHP substr() counts bytes: strlen($filter) bytes off the UTF-8 path, false when shorter.
+        raw = node_path.encode("utf-8", "surrogateescape") if isinstance(node_path, str) else b""
+        cut = len(filt.encode("utf-8", "surrogateescape"))
+        row["node"]["node_path"] = raw[cut:].decode("utf-8", "surrogateescape") if len(raw) >= cut else False
     elif not (isinstance(node_path, str) and node_path.startswith(filt)):
         row["node"]["node_path"] = False
     return False
+
+
+def _php_encodable(value) -> bool:
+    """False when some string in *value* is not valid UTF-8 (held as surrogate escapes)."""
+    if isinstance(value, dict):
+        return all(_php_encodable(v) for v in value.values())
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def _md5_file(path: str) -> str:
@@ -616,7 +643,8 @@ class ServerThread:
         self.server = make_server(host, port, app, threaded=True)
         self.port = self.server.server_port
         self.url = f"http://{host}:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: stopping the server waits for one poll.
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def start(self):
         self.thread.start()

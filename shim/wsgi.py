@@ -78,6 +78,9 @@ class ShimApp:
         self.authorizer = auth.Authorizer(self.engine, self._send_probe, config.auth_cache_ttl,
                                           config.auth_deny_cache_ttl, config.auth_cache_size)
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
+        # urllib3 logs request URLs at DEBUG, and probe URLs carry a token and a
+        # valid hash: never let them reach a log, whatever the root level.
+        logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLogger("urllib3").level))
 
     # --- entry point --------------------------------------------------------------
 
@@ -141,6 +144,10 @@ class ShimApp:
             body, pairs = form
             params.update(pairs)
         forward = lambda: self.forward(environ, start_response, note, app_path, query, prefix, trusted, body)  # noqa: E731
+        if any(h in environ for h in ("HTTP_AUTH_TOKEN", "HTTP_AUTH_HASH", "HTTP_PYDIO_AUTH_TOKEN", "HTTP_PYDIO_AUTH_HASH")):
+            # Header tokens: the legacy server's precedence between them and other
+            # credentials is not something to guess.
+            return forward()
         ws_segment, seq_segment = match.group(1), match.group(2)
         feed_params = feed.parse_feed_params(seq_segment or None, params)
         if feed_params is None:
@@ -300,12 +307,16 @@ class ShimApp:
 
     def health(self, start_response):
         checks = {}
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            checks["database"] = "ok"
-        except sa.exc.SQLAlchemyError as exc:
-            checks["database"] = "failed: " + (str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__)
+        engines = [("database", self.engine)]
+        if self.feed_engine is not self.engine:  # the feed reads a replica: it must answer too
+            engines.append(("feed_database", self.feed_engine))
+        for name, engine in engines:
+            try:
+                with engine.connect() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+                checks[name] = "ok"
+            except sa.exc.SQLAlchemyError as exc:
+                checks[name] = "failed: " + (str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__)
         try:
             response = self.upstream.send("GET", translate.join_prefix(
                 translate.normalise_prefix(self.config.upstream_prefix), "/"), [("User-Agent", "pydio-shim health")])
@@ -329,13 +340,25 @@ def _reason(status: int) -> str:
         return "Unknown"
 
 
-_SECRET_PARAMS = re.compile(r"(auth_hash|auth_token|password|pass|token)=[^&]*", re.I)
+#: Query parameters whose values never reach a log line (matched on the decoded name).
+SECRET_PARAMS = frozenset({"auth_hash", "auth_token", "password", "pass", "token", "userid", "secure_token"})
 
 
 def _loggable_path(environ) -> str:
-    """The request path with secret query values masked, for logs."""
-    uri = translate.raw_request_uri(environ)
-    return _SECRET_PARAMS.sub(lambda m: m.group(1) + "=***", uri)
+    """The request path with the values of secret query parameters masked, for logs.
+
+    Names are decoded as PHP decodes them (``auth_%74oken`` is ``auth_token``),
+    and so is the PHP rule that turns ``.`` and spaces in names into ``_``.
+    """
+    path, query = translate.split_uri(translate.raw_request_uri(environ))
+    if not query:
+        return path
+    parts = []
+    for part in query.split("&"):
+        name, eq, _value = part.partition("=")
+        decoded = _php_decode(name).replace(".", "_").replace(" ", "_").lower()
+        parts.append(f"{name}=***" if eq and decoded.split("[", 1)[0] in SECRET_PARAMS else part)
+    return path + "?" + "&".join(parts)
 
 
 class _Logged:
