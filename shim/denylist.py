@@ -4,7 +4,11 @@ Pydio's sample nginx configuration refuses ``/conf``, ``/core``,
 ``/data/(files|personal|logs|plugins|tmp|cache)``, dot-files and
 ``plugins/editor.zoho/agent/files``.  The shim refuses them too, before anything
 reaches the legacy server, whatever the spelling: percent-encoded (also twice),
-backslashes, duplicate slashes, ``.``/``..`` segments, ``;`` parameters, case.
+backslashes, duplicate slashes, ``.``/``..`` segments, ``;`` parameters, case,
+Windows' trailing dots and ``::$DATA`` streams.
+
+Unlike nginx's ``^/conf`` prefix match, names are matched whole: ``/conference``
+is not ``/conf``.  Dot-files are refused at any depth (``/a/.htaccess``).
 """
 
 from __future__ import annotations
@@ -18,14 +22,23 @@ _DENIED = re.compile(
     r"|/plugins/editor\.zoho/agent/files(/|$)"
 )
 
+#: Layers of percent-encoding undone; a path still encoded after that many is refused.
+MAX_DECODING_LAYERS = 4
 
-def canonical_path(path: str) -> str:
-    """*path* decoded and normalised the way a file system or PHP might read it."""
-    for _ in range(4):  # undo multiple layers of percent-encoding
+
+class _Suspicious(Exception):
+    """The path cannot be read one unambiguous way: refuse it."""
+
+
+def _canonical(path: str, strict: bool) -> str:
+    for _ in range(MAX_DECODING_LAYERS):
         decoded = unquote(path, encoding="latin-1")
         if decoded == path:
             break
         path = decoded
+    else:
+        if strict and unquote(path, encoding="latin-1") != path:
+            raise _Suspicious("too many layers of percent-encoding")
     path = path.replace("\\", "/")
     segments: list[str] = []
     for segment in path.split("/"):
@@ -35,18 +48,48 @@ def canonical_path(path: str) -> str:
         if segment == "..":
             if segments:
                 segments.pop()
+            elif strict:
+                # Above the Pydio root: the server behind would resolve it
+                # against its own prefix, outside what the shim checks.
+                raise _Suspicious("a '..' segment above the root")
             continue
         segments.append(segment)
     return "/" + "/".join(segments)
 
 
+def canonical_path(path: str) -> str:
+    """*path* decoded and normalised the way a file system or PHP might read it.
+
+    Percent-encoding is undone (up to :data:`MAX_DECODING_LAYERS` times),
+    backslashes become slashes, empty and ``.`` segments vanish, ``..`` removes
+    the segment before it (and is ignored at the root), ``;parameters`` are cut.
+    """
+    return _canonical(path, strict=False)
+
+
+def _windows_name(segment: str) -> str:
+    # Windows ignores trailing dots and spaces and reads "name::$DATA" as "name".
+    return segment.split("::", 1)[0].rstrip(". ")
+
+
 def is_denied(app_path: str) -> bool:
-    """True when *app_path* (relative to the Pydio root) names a protected file."""
+    """True when *app_path* (relative to the Pydio root) names a protected file.
+
+    Also true for a path that cannot be read one unambiguous way: a NUL byte,
+    a ``..`` climbing above the root, more than :data:`MAX_DECODING_LAYERS`
+    layers of percent-encoding.
+    """
     if "\x00" in app_path or "%00" in app_path:
         return True
-    canonical = canonical_path(app_path)
+    try:
+        canonical = _canonical(app_path, strict=True)
+    except _Suspicious:
+        return True
     if "\x00" in canonical:
         return True
-    if any(segment.startswith(".") for segment in canonical.split("/")):
+    segments = canonical.split("/")
+    if any(segment.startswith(".") for segment in segments):
         return True
-    return bool(_DENIED.search(canonical.lower()))
+    lowered = canonical.lower()
+    windows = "/".join(_windows_name(segment) for segment in segments).lower()
+    return bool(_DENIED.search(lowered) or _DENIED.search(windows))

@@ -46,10 +46,13 @@ def raw_request_uri(environ) -> str:
     return path + ("?" + query if query else "")
 
 
-def split_uri(uri: str) -> tuple[str, str]:
-    """``(path, query)``, the query without its ``?`` (empty when absent)."""
-    path, _, query = uri.partition("?")
-    return path, query
+def split_uri(uri: str) -> tuple[str, str | None]:
+    """``(path, query)``, the query without its ``?``; ``None`` when there is no ``?``.
+
+    ``/x?`` and ``/x`` are different request targets and stay so upstream.
+    """
+    path, sep, query = uri.partition("?")
+    return path, (query if sep else None)
 
 
 def normalise_prefix(prefix: str | None) -> str:
@@ -102,10 +105,10 @@ def join_prefix(prefix: str, app_path: str) -> str:
     return (prefix + app_path) if prefix else app_path
 
 
-def upstream_uri(app_path: str, query: str, upstream_prefix: str) -> str:
-    """The request target to send upstream for a request to *app_path*."""
+def upstream_uri(app_path: str, query: str | None, upstream_prefix: str) -> str:
+    """The request target to send upstream for a request to *app_path* (``query`` None: no ``?``)."""
     path = join_prefix(normalise_prefix(upstream_prefix), app_path)
-    return path + ("?" + query if query else "")
+    return path if query is None else path + "?" + query
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ class ShimApp:
 
     def serve_feed(self, environ, start_response, note, match, path, query, app_path, prefix, trusted):
         body = None
-        params = dict(parse_query(query))
+        params = dict(parse_query(query or ""))
         if environ["REQUEST_METHOD"] == "POST":
             form = self._small_form(environ)
             if form is None:
@@ -286,7 +286,7 @@ class ShimApp:
         way, the legacy server would refuse it.  Invalid hashes stay as they are.
         """
         try:
-            if "auth_hash" in query:
+            if query and "auth_hash" in query:
                 query = translate.resign_query_if_valid(query, public_path, upstream_path, self.keystore)
             ctype = environ.get("CONTENT_TYPE", "")
             if body and ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):

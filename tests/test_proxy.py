@@ -1,0 +1,782 @@
+"""The transparent proxy, through a real gunicorn (gthread) in front of the legacy stand-in.
+
+What the legacy server receives is read from the stand-in's ``/_standin/echo``
+(method, raw request target, headers, body md5 and length) and its request log.
+Answers the stand-in cannot give (hop-by-hop response headers, a body cut
+short, a slow endless stream, a kept-alive connection closed under the shim)
+come from :class:`RawUpstream`, a hand-written HTTP/1.1 server.
+
+Clients are raw sockets or :mod:`http.client`, never ``requests``: requests
+re-encodes the URL it is given, which would hide what the shim does with it.
+The proxy does not depend on the database engine: SQLite only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import USERS
+from gunicorn_helpers import CONF, ROOT, GunicornServer
+from shim import config as config_module
+from shim import proxy
+from shim.standin import LegacyStandin, ServerThread
+from shim.wsgi import create_app
+
+ALICE = "Basic " + base64.b64encode(f"alice:{USERS['alice'][0]}".encode()).decode()
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """The legacy stand-in on SQLite, served on a loopback port."""
+    base = tmp_path_factory.mktemp("proxy")
+    db_url = f"sqlite:///{base}/pydio.db"
+    app = LegacyStandin(db_url, str(base / "data"))
+    app.install()
+    for login, (password, group) in USERS.items():
+        app.add_user(login, password, group)
+    server = ServerThread(app).start()
+    app.url, app.db_url, app.base = server.url, db_url, base
+    yield app
+    server.stop()
+    app.engine.dispose()
+
+
+def start_shim(standin, upstream_url=None, **env) -> GunicornServer:
+    settings = {"PYDIO_SHIM_UPSTREAM_URL": upstream_url or standin.url, "PYDIO_SHIM_DATABASE_URL": standin.db_url,
+                "PYDIO_SHIM_LOG_LEVEL": "DEBUG"}
+    settings.update(env)
+    return GunicornServer(settings, standin.base).start()
+
+
+@pytest.fixture(scope="module")
+def shim(standin):
+    """The shim with its default settings: loopback is a trusted proxy."""
+    server = start_shim(standin)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def untrusted_shim(standin):
+    """The shim under the public prefix /pydio, trusting only a proxy that is not the test."""
+    server = start_shim(standin, PYDIO_SHIM_PROXY_TRUSTED_PROXIES="192.0.2.1",
+                        PYDIO_SHIM_PUBLIC_PREFIX="/pydio")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def raw_upstream():
+    server = RawUpstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def raw_shim(standin, raw_upstream):
+    """The shim in front of :class:`RawUpstream`, with a 2 s read timeout."""
+    server = start_shim(standin, raw_upstream.url, PYDIO_SHIM_UPSTREAM_READ_TIMEOUT="2")
+    yield server
+    server.stop()
+
+
+# --- a client that sends exactly the given bytes -------------------------------------------
+
+
+class Answer:
+    def __init__(self, response: http.client.HTTPResponse, body: bytes):
+        self.status = response.status
+        self.headers = response.getheaders()
+        self.body = body
+
+    def header(self, name: str):
+        values = [v for n, v in self.headers if n.lower() == name.lower()]
+        return values[0] if values else None
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def raw_request(port: int, method: str, target: bytes | str, headers=(), body: bytes = b"", timeout: float = 20,
+                read_body: bool = True) -> Answer:
+    """Send one request byte for byte (no header is added but Host) and read the answer."""
+    if isinstance(target, str):
+        target = target.encode("ascii")
+    head = method.encode() + b" " + target + b" HTTP/1.1\r\n"
+    names = {n.lower() for n, _ in headers}
+    if "host" not in names:
+        head += f"Host: 127.0.0.1:{port}\r\n".encode()
+    for name, value in headers:
+        head += f"{name}: {value}\r\n".encode("latin-1")
+    if body and "content-length" not in names and "transfer-encoding" not in names:
+        head += f"Content-Length: {len(body)}\r\n".encode()
+    head += b"Connection: close\r\n\r\n" if "connection" not in names else b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        response = http.client.HTTPResponse(sock, method=method)
+        response.begin()
+        return Answer(response, response.read() if read_body else b"")
+
+
+def echo(shim, method="GET", target="/_standin/echo", headers=(), body=b"") -> dict:
+    answer = raw_request(shim.port, method, target, headers, body)
+    assert answer.status == 200, (answer.status, answer.body[:300])
+    return answer.json()
+
+
+def upstream_headers(info: dict) -> dict[str, str]:
+    """The headers the stand-in received, by lower-case name."""
+    return {name.lower(): value for name, value in info["headers"]}
+
+
+# --- a hand-written upstream ---------------------------------------------------------------
+
+
+class RawUpstream:
+    """An HTTP/1.1 server answering by path with exactly the bytes a test needs.
+
+    Connections are kept alive and numbered; ``events`` records what happened
+    (``(connection, what, detail)``) for the tests to check.
+    """
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.events: list[tuple[int, str, object]] = []
+        self.stream_ended = threading.Event()
+        self._count = 0
+        self._lock = threading.Lock()
+        self._closing = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self):
+        self._closing = True
+        self.listener.close()
+
+    def record(self, number, what, detail=None):
+        with self._lock:
+            self.events.append((number, what, detail))
+
+    def _accept(self):
+        while not self._closing:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._count += 1
+                number = self._count
+            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+
+    def _serve(self, conn, number):
+        reader = conn.makefile("rb")
+        served = 0
+        try:
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                method, target, _ = line.decode("latin-1").split(" ", 2)
+                headers = {}
+                while (header := reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = header.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = reader.read(int(headers.get("content-length", "0")))
+                self.record(number, "request", (method, target, len(body)))
+                keep = getattr(self, "answer_" + target.strip("/").split("?")[0].replace("-", "_"),
+                               self.answer_default)(conn, number, served)
+                served += 1
+                if not keep:
+                    return
+        except OSError:
+            return
+        finally:
+            reader.close()
+            conn.close()
+
+    # Each answer_* writes a response and returns True to keep the connection open.
+
+    def answer_default(self, conn, number, served):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    def answer_conn(self, conn, number, served):
+        body = str(number).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        return True
+
+    def answer_drop_if_reused(self, conn, number, served):
+        if served:  # as if the server had closed this idle connection as the request arrived
+            self.record(number, "dropped")
+            return False
+        return self.answer_conn(conn, number, served)
+
+    HOP_RESPONSE = (
+        b"HTTP/1.1 200 OK\r\n"
+        b"Content-Type: text/plain\r\n"
+        b"Set-Cookie: a=1; Path=/\r\n"
+        b"X-CamelCase-Header: v1\r\n"
+        b"Set-Cookie: b=2; Path=/; HttpOnly\r\n"
+        b"ETag: \"abc\"\r\n"
+        b"WWW-Authenticate: Basic realm=\"Pydio API\"\r\n"
+        b"Set-Cookie: c=3\r\n"
+        b"Cache-Control: no-cache\r\n"
+        b"Cache-Control: private\r\n"
+        b"Connection: keep-alive, X-Hop-Resp\r\n"
+        b"X-Hop-Resp: secret\r\n"
+        b"Keep-Alive: timeout=5, max=100\r\n"
+        b"Proxy-Authenticate: Basic realm=\"proxy\"\r\n"
+        b"Proxy-Foo: x\r\n"
+        b"Trailer: X-Checksum\r\n"
+        b"Upgrade: example/1\r\n"
+        b"Server: raw-upstream\r\n"
+        b"Date: Mon, 01 Jan 2001 00:00:00 GMT\r\n"
+        b"Transfer-Encoding: chunked\r\n"
+        b"\r\n"
+        b"6\r\nhello \r\n5\r\nworld\r\n0\r\nX-Checksum: 1\r\n\r\n"
+    )
+
+    def answer_hop(self, conn, number, served):
+        conn.sendall(self.HOP_RESPONSE)
+        return True
+
+    def answer_truncate_length(self, conn, number, served):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 30000)
+        return False
+
+    def answer_truncate_chunked(self, conn, number, served):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n6\r\n world\r\n")
+        return False
+
+    def answer_stall(self, conn, number, served):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"s" * 10)
+        time.sleep(5)  # beyond the shim's 2 s read timeout
+        return False
+
+    def answer_stream_slow(self, conn, number, served):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")
+        block, sent = b"z" * 16384, 0
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                conn.sendall(block)
+                sent += len(block)
+                time.sleep(0.005)
+            self.record(number, "stream never interrupted", sent)
+        except OSError as exc:
+            self.record(number, "stream write failed", (sent, time.monotonic(), exc.__class__.__name__))
+        self.stream_ended.set()
+        return False
+
+
+# --- methods -------------------------------------------------------------------------------
+
+WEBDAV_XML = b'<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
+METHODS = [
+    # method, body, extra headers that must arrive too
+    ("GET", b"", {}),
+    ("HEAD", b"", {}),
+    ("POST", b"a=1&b=%C3%A9", {"Content-Type": "application/x-www-form-urlencoded"}),
+    ("PUT", os.urandom(70000), {"Content-Type": "application/octet-stream"}),
+    ("DELETE", b"", {}),
+    ("OPTIONS", b"", {}),
+    ("PATCH", b'{"x": 1}', {"Content-Type": "application/json"}),
+    ("PROPFIND", WEBDAV_XML, {"Depth": "1", "Content-Type": "application/xml"}),
+    ("PROPPATCH", WEBDAV_XML.replace(b"propfind", b"propertyupdate"), {"Content-Type": "application/xml"}),
+    ("MKCOL", b"", {}),
+    ("COPY", b"", {"Destination": "http://files.example/shares/b", "Overwrite": "F", "Depth": "infinity"}),
+    ("MOVE", b"", {"Destination": "http://files.example/shares/c", "Overwrite": "T"}),
+    ("LOCK", b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+             b'</D:lockinfo>', {"Timeout": "Second-60", "Content-Type": "application/xml"}),
+    ("UNLOCK", b"", {"Lock-Token": "<opaquelocktoken:e71d4fae-5dec-22d6-fea5-00a0c91e6be4>"}),
+]
+
+
+@pytest.mark.parametrize("method,body,extra", METHODS, ids=[m[0] for m in METHODS])
+def test_each_method_reaches_the_upstream_with_its_body(shim, standin, method, body, extra):
+    target = f"/_standin/echo/{method.lower()}?m={method}"
+    standin.log.clear()
+    answer = raw_request(shim.port, method, target, list(extra.items()), body)
+    assert answer.status == 200
+    assert list(standin.log) == [(method, target)]
+    if method == "HEAD":
+        assert answer.body == b""
+        assert answer.header("Content-Type") == "application/json"  # the headers of the GET answer, no body
+        return
+    info = answer.json()
+    assert info["method"] == method
+    assert info["request_uri"] == target
+    assert info["body_length"] == len(body)
+    assert info["body_md5"] == hashlib.md5(body).hexdigest()
+    received = upstream_headers(info)
+    for name, value in extra.items():
+        assert received[name.lower()] == value
+    if body:
+        assert received["content-length"] == str(len(body))
+    assert "transfer-encoding" not in received
+
+
+# --- the request target ---------------------------------------------------------------------
+
+TARGETS = [
+    "/_standin/echo/a%2Fb",
+    "/_standin/echo/a%2fb",  # lower-case escapes are not normalised
+    "/_standin/echo/100%25/%2525",
+    "/_standin/echo/a+b%20c+",
+    "/_standin/echo/%7E~user/%7e",
+    "/_standin/echo/caf%C3%A9/%c3%a9",
+    "/_standin/echo/50%/x%2Fy",  # a stray % must not make %2F into %252F
+    "/_standin/echo//double//slash/",
+    "/_standin/echo/a;p=1/b",
+    "/_standin/echo/[1]{2}|3^4`5\"6<7>8\\9!$&'()*,:@",
+    "/_standin/echo/x?q=a+b&r=%2F&s=%zz&t[]=1&u=caf%C3%A9&v=%7e&w=a%2bb&=&&x",
+    "/_standin/echo/x?path=/a/b?c=d",
+    "/_standin/echo/empty-query?",  # "/x?" and "/x" are different targets
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_request_target_arrives_byte_for_byte(shim, target):
+    assert echo(shim, "GET", target)["request_uri"] == target
+
+
+def test_absolute_form_target_arrives_as_its_path(shim):
+    info = echo(shim, "GET", f"http://127.0.0.1:{shim.port}/_standin/echo/abs%2F?x=%7e")
+    assert info["request_uri"] == "/_standin/echo/abs%2F?x=%7e"
+
+
+def test_raw_non_ascii_target_is_refused_by_gunicorn(shim, standin):
+    # RFC 9112: a request target is printable ASCII.  gunicorn answers 400
+    # itself; nothing reaches the shim or the legacy server.
+    standin.log.clear()
+    answer = raw_request(shim.port, "GET", b"/_standin/echo/caf\xc3\xa9")
+    assert answer.status == 400
+    assert list(standin.log) == []
+
+
+def test_raw_non_ascii_target_is_percent_encoded_under_other_servers(standin):
+    # A WSGI server that accepts raw bytes >= 0x80 in the target hands them over
+    # as latin-1 characters of RAW_URI (or REQUEST_URI).  http.client can only
+    # write ASCII, so the shim sends each such byte as %XX, upper case: UTF-8
+    # "é" (C3 A9) arrives as %C3%A9, a lone latin-1 byte E9 as %E9.  Everything
+    # else, lower-case escapes included, is untouched.  (Werkzeug's development
+    # server is no witness here: it re-encodes such targets to UTF-8 itself.)
+    settings = config_module.load(environ={"PYDIO_SHIM_UPSTREAM_URL": standin.url,
+                                           "PYDIO_SHIM_DATABASE_URL": standin.db_url})
+    app = create_app(settings)
+    raw_uri = b"/_standin/echo/caf\xc3\xa9%2F?n=\xe9&m=%e9".decode("latin-1")
+    environ = {"REQUEST_METHOD": "GET", "RAW_URI": raw_uri, "SCRIPT_NAME": "",
+               "PATH_INFO": "/_standin/echo/caf\xc3\xa9/", "QUERY_STRING": raw_uri.partition("?")[2],
+               "SERVER_NAME": "localhost", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "localhost",
+               "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b"")}
+    statuses = []
+    result = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    try:
+        body = b"".join(result)
+    finally:
+        result.close()
+    assert statuses == ["200 OK"]
+    assert json.loads(body)["request_uri"] == "/_standin/echo/caf%C3%A9%2F?n=%E9&m=%e9"
+
+
+# --- headers -------------------------------------------------------------------------------
+
+CLIENT_HEADERS = [
+    ("User-Agent", "PydioSync/1.6"),
+    ("Accept", "*/*"),
+    ("Cookie", "AjaXplorer=abc123; other=1"),
+    ("Authorization", ALICE),
+    ("X-Custom-Thing", "a, b"),
+    ("If-None-Match", '"x"'),
+    ("Content-Type", "text/plain"),
+    ("Pydio-Auth-Token", "tok"),
+]
+HOP_BY_HOP_REQUEST = [
+    ("Connection", "keep-alive, X-Hop-Req"),
+    ("X-Hop-Req", "secret"),
+    ("Keep-Alive", "timeout=5"),
+    ("TE", "trailers"),
+    ("Trailer", "X-Checksum"),
+    ("Upgrade", "example/1"),
+    ("Proxy-Authorization", "Basic cHJveHk6cHJveHk="),
+    ("Proxy-Connection", "keep-alive"),
+    ("Proxy", "http://evil.example:3128"),  # httpoxy: would become HTTP_PROXY in PHP
+]
+
+
+def test_end_to_end_headers_pass_and_hop_by_hop_ones_do_not(shim, standin):
+    info = echo(shim, "POST", "/_standin/echo/h", CLIENT_HEADERS + HOP_BY_HOP_REQUEST, b"hello")
+    received = upstream_headers(info)
+    expected = {name.lower(): value for name, value in CLIENT_HEADERS}
+    expected.update({
+        "host": standin.url.split("//", 1)[1],
+        "content-length": "5",
+        "x-forwarded-for": "127.0.0.1",
+        "x-forwarded-proto": "http",
+        "x-forwarded-host": f"127.0.0.1:{shim.port}",
+        "x-forwarded-prefix": "/",
+    })
+    # Exactly these: nothing dropped, nothing added (no User-Agent or
+    # Accept-Encoding of the shim's own, no Connection, no Proxy).
+    assert received == expected
+
+
+def test_no_header_is_added_for_the_client(shim, standin):
+    info = echo(shim, "GET", "/_standin/echo/bare", [])
+    assert set(upstream_headers(info)) == {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                                           "x-forwarded-prefix"}
+
+
+def test_forwarding_headers_from_a_trusted_proxy_are_extended(shim):
+    info = echo(shim, "GET", "/_standin/echo/fwd", [
+        ("X-Forwarded-For", "203.0.113.7, 198.51.100.2"), ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "files.example.org"), ("X-Forwarded-Port", "443"), ("Forwarded", "for=203.0.113.7"),
+        ("X-Real-IP", "203.0.113.7")])
+    received = upstream_headers(info)
+    assert received["x-forwarded-for"] == "203.0.113.7, 198.51.100.2, 127.0.0.1"
+    assert received["x-forwarded-proto"] == "https"
+    assert received["x-forwarded-host"] == "files.example.org"
+    assert received["x-forwarded-prefix"] == "/"
+    assert received["x-forwarded-port"] == "443"
+    assert received["forwarded"] == "for=203.0.113.7"
+    assert received["x-real-ip"] == "203.0.113.7"
+
+
+def test_forwarding_headers_from_an_untrusted_client_are_replaced(untrusted_shim):
+    info = echo(untrusted_shim, "GET", "/pydio/_standin/echo/fwd", [
+        ("Host", "shim.example:8080"),
+        ("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil.example"),
+        ("X-Forwarded-Prefix", "/evil"), ("X-Forwarded-Port", "443"), ("Forwarded", "for=203.0.113.7;proto=https"),
+        ("X-Real-IP", "203.0.113.7")])
+    assert info["request_uri"] == "/_standin/echo/fwd"
+    received = upstream_headers(info)
+    assert received["x-forwarded-for"] == "127.0.0.1"
+    # "http": gunicorn too ignores X-Forwarded-Proto from this client, because
+    # conf/gunicorn.conf.py trusts the same proxies as the shim.
+    assert received["x-forwarded-proto"] == "http"
+    assert received["x-forwarded-host"] == "shim.example:8080"
+    assert received["x-forwarded-prefix"] == "/pydio"
+    assert not {"x-forwarded-port", "forwarded", "x-real-ip"} & set(received)
+
+
+def test_response_headers_pass_in_order_and_hop_by_hop_ones_do_not(raw_shim):
+    answer = raw_request(raw_shim.port, "GET", "/hop")
+    assert answer.status == 200
+    assert answer.body == b"hello world"
+    names = [name for name, _ in answer.headers]
+    assert [v for n, v in answer.headers if n == "Set-Cookie"] == ["a=1; Path=/", "b=2; Path=/; HttpOnly", "c=3"]
+    assert [v for n, v in answer.headers if n == "Cache-Control"] == ["no-cache", "private"]
+    # Names keep their case.
+    assert answer.header("X-CamelCase-Header") == "v1" and "X-CamelCase-Header" in names
+    assert "ETag" in names and "WWW-Authenticate" in names
+    lowered = {name.lower() for name in names}
+    assert not {"x-hop-resp", "keep-alive", "proxy-authenticate", "proxy-foo", "trailer", "upgrade"} & lowered
+    assert "raw-upstream" not in (answer.header("Server") or "")
+    assert "2001" not in (answer.header("Date") or "")
+    assert "x-hop-resp" not in (answer.header("Connection") or "").lower()
+
+
+def test_response_headers_filter():
+    # The same filtering without gunicorn, which also drops some hop-by-hop
+    # headers itself and would hide a gap in the shim's own list.
+    parsed = http.client.parse_headers(io.BytesIO(RawUpstream.HOP_RESPONSE.split(b"\r\n", 1)[1]))
+    kept = proxy.response_headers(parsed.items())
+    assert kept == [
+        ("Content-Type", "text/plain"), ("Set-Cookie", "a=1; Path=/"), ("X-CamelCase-Header", "v1"),
+        ("Set-Cookie", "b=2; Path=/; HttpOnly"), ("ETag", '"abc"'), ("WWW-Authenticate", 'Basic realm="Pydio API"'),
+        ("Set-Cookie", "c=3"), ("Cache-Control", "no-cache"), ("Cache-Control", "private"),
+    ]
+    assert proxy.response_headers([("Bad Name", "x"), ("X-Ok", "a\x00b"), ("X-Fine", "é")]) == [("X-Fine", "é")]
+
+
+def test_set_cookie_and_cookie_round_trip_through_the_login(shim, standin):
+    answer = raw_request(shim.port, "POST", "/?get_action=login",
+                         [("Content-Type", "application/x-www-form-urlencoded")],
+                         f"userid=alice&password={USERS['alice'][0]}".encode())
+    assert answer.status == 302
+    cookie = answer.header("Set-Cookie")
+    assert cookie.startswith("AjaXplorer=") and "HttpOnly" in cookie
+    page = raw_request(shim.port, "GET", "/", [("Cookie", cookie.split(";")[0])])
+    assert b'data-user="alice"' in page.body
+
+
+# --- bodies ----------------------------------------------------------------------------------
+
+
+def test_sized_body_arrives_with_its_content_length(shim):
+    body = os.urandom(300_000)
+    info = echo(shim, "PUT", "/_standin/echo/sized", [], body)
+    received = upstream_headers(info)
+    assert received["content-length"] == str(len(body))
+    assert "transfer-encoding" not in received
+    assert (info["body_length"], info["body_md5"]) == (len(body), hashlib.md5(body).hexdigest())
+
+
+def chunked(data: bytes, sizes=(1, 10, 4093, 65536, 100_000)) -> bytes:
+    out, position, turn = [], 0, 0
+    while position < len(data):
+        size = sizes[turn % len(sizes)]
+        piece = data[position:position + size]
+        out.append(b"%x;ext=1\r\n%s\r\n" % (len(piece), piece))
+        position += size
+        turn += 1
+    return b"".join(out) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("size", [0, 5, 3 * 1024 * 1024 + 7])
+def test_chunked_upload_arrives_with_a_content_length(shim, size):
+    data = os.urandom(size)
+    info = echo(shim, "POST", "/_standin/echo/chunked", [("Transfer-Encoding", "chunked")], chunked(data))
+    received = upstream_headers(info)
+    assert received["content-length"] == str(size)
+    assert "transfer-encoding" not in received
+    assert (info["body_length"], info["body_md5"]) == (size, hashlib.md5(data).hexdigest())
+
+
+def test_body_shorter_than_its_content_length_is_a_400(shim):
+    with socket.create_connection(("127.0.0.1", shim.port), timeout=10) as sock:
+        sock.sendall(b"PUT /_standin/echo/short HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"q" * 1000)
+        sock.shutdown(socket.SHUT_WR)
+        response = http.client.HTTPResponse(sock, method="PUT")
+        response.begin()
+        assert response.status == 400
+        assert b"request body" in response.read()
+
+
+# --- downloads: ranges, HEAD, conditional requests ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blob(standin):
+    data = os.urandom(300_000)
+    directory = os.path.join(str(standin.base), "data", "files")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "blob.bin"), "wb") as fh:
+        fh.write(data)
+    return data
+
+
+DOWNLOAD = "/api/0/download/blob.bin"
+
+
+def test_download_whole_file(shim, blob):
+    answer = raw_request(shim.port, "GET", DOWNLOAD, [("Authorization", ALICE)])
+    assert answer.status == 200
+    assert answer.body == blob
+    assert answer.header("Content-Length") == str(len(blob))
+    assert answer.header("ETag") and answer.header("Last-Modified")
+
+
+def test_range_download(shim, blob):
+    answer = raw_request(shim.port, "GET", DOWNLOAD, [("Authorization", ALICE), ("Range", "bytes=1000-1999")])
+    assert answer.status == 206
+    assert answer.header("Content-Range") == f"bytes 1000-1999/{len(blob)}"
+    assert answer.body == blob[1000:2000]
+    tail = raw_request(shim.port, "GET", DOWNLOAD, [("Authorization", ALICE), ("Range", "bytes=-100")])
+    assert (tail.status, tail.body) == (206, blob[-100:])
+
+
+def test_head_has_the_headers_and_no_body_and_keeps_the_connection_usable(shim, blob):
+    conn = http.client.HTTPConnection("127.0.0.1", shim.port, timeout=5)
+    conn.request("HEAD", DOWNLOAD, headers={"Authorization": ALICE})
+    head = conn.getresponse()
+    assert head.status == 200
+    assert head.getheader("Content-Length") == str(len(blob))
+    assert head.read() == b""
+    sock = conn.sock
+    started = time.monotonic()
+    conn.request("GET", DOWNLOAD, headers={"Authorization": ALICE})
+    get = conn.getresponse()
+    assert get.read() == blob
+    assert conn.sock is sock  # the same client connection: the HEAD answer was framed right
+    assert time.monotonic() - started < 3
+    conn.close()
+
+
+def test_conditional_requests_give_304(shim, blob):
+    full = raw_request(shim.port, "GET", DOWNLOAD, [("Authorization", ALICE)])
+    etag, modified = full.header("ETag"), full.header("Last-Modified")
+    by_etag = raw_request(shim.port, "GET", DOWNLOAD, [("Authorization", ALICE), ("If-None-Match", etag)])
+    assert (by_etag.status, by_etag.body) == (304, b"")
+    assert by_etag.header("ETag") == etag
+    by_date = raw_request(shim.port, "GET", DOWNLOAD, [("Authorization", ALICE), ("If-Modified-Since", modified)])
+    assert (by_date.status, by_date.body) == (304, b"")
+    changed = raw_request(shim.port, "GET", DOWNLOAD, [("Authorization", ALICE), ("If-None-Match", '"other"')])
+    assert (changed.status, changed.body) == (200, blob)
+
+
+# --- upstream failures --------------------------------------------------------------------------
+
+
+def test_dead_upstream_gives_502(standin):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    server = start_shim(standin, f"http://127.0.0.1:{closed_port}", PYDIO_SHIM_LOG_LEVEL="WARNING")
+    try:
+        answer = raw_request(server.port, "GET", "/api/0/ls/")
+        assert answer.status == 502
+        assert answer.header("Content-Type").startswith("text/plain")
+        assert b"cannot connect to the legacy server" in answer.body
+        assert len(answer.body) < 300
+        # At level WARNING the error is logged, the access line is not.
+        assert wait_for_log(server, "ERROR shim: upstream unreachable for GET /api/0/ls/")
+        assert "shim.access" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_slow_upstream_gives_504(standin):
+    server = start_shim(standin, PYDIO_SHIM_UPSTREAM_READ_TIMEOUT="0.5")
+    try:
+        started = time.monotonic()
+        answer = raw_request(server.port, "GET", "/_standin/slow?s=3")
+        elapsed = time.monotonic() - started
+        assert answer.status == 504
+        assert answer.header("Content-Type").startswith("text/plain")
+        assert b"did not answer in time" in answer.body
+        assert elapsed < 2.5
+    finally:
+        server.stop()
+
+
+def read_until_closed(sock, limit=10_000_000) -> bytes:
+    data = bytearray()
+    while len(data) < limit:
+        chunk = sock.recv(65536)  # a timeout here fails the test: the connection must close
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def test_upstream_closing_mid_body_truncates_the_client_response(raw_shim):
+    with socket.create_connection(("127.0.0.1", raw_shim.port), timeout=10) as sock:
+        sock.sendall(b"GET /truncate-length HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: only a close ends it
+        raw = read_until_closed(sock)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Content-Length: 100000" in head
+    assert body == b"a" * 30000  # what the upstream sent, then the connection closed
+
+
+def test_upstream_closing_mid_chunked_body_truncates_the_client_response(raw_shim):
+    conn = http.client.HTTPConnection("127.0.0.1", raw_shim.port, timeout=10)
+    conn.request("GET", "/truncate-chunked")
+    response = conn.getresponse()
+    assert response.status == 200
+    with pytest.raises(http.client.IncompleteRead) as info:
+        response.read()
+    assert info.value.partial == b"hello world"
+    conn.close()
+
+
+def test_upstream_stalling_mid_body_truncates_the_client_response(raw_shim):
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", raw_shim.port), timeout=10) as sock:
+        sock.sendall(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = read_until_closed(sock)
+    assert raw.partition(b"\r\n\r\n")[2] == b"s" * 10
+    assert 1.5 < time.monotonic() - started < 4.5  # the 2 s read timeout, not the upstream's 5 s
+
+
+def test_client_leaving_mid_download_closes_the_upstream_connection(raw_shim, raw_upstream):
+    raw_upstream.stream_ended.clear()
+    with socket.create_connection(("127.0.0.1", raw_shim.port), timeout=10) as sock:
+        sock.sendall(b"GET /stream-slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = 0
+        while received < 256 * 1024:
+            received += len(sock.recv(65536))
+    left_at = time.monotonic()
+    assert raw_upstream.stream_ended.wait(15), "the upstream kept streaming to a client that left"
+    [(what, detail)] = [(w, d) for _, w, d in raw_upstream.events if w.startswith("stream")]
+    assert what == "stream write failed"
+    sent, failed_at, _error = detail
+    assert failed_at - left_at < 5
+    assert sent < 64 * 1024 * 1024
+
+
+# --- connection reuse ---------------------------------------------------------------------------
+
+
+def test_upstream_connections_are_reused(raw_shim):
+    first = raw_request(raw_shim.port, "GET", "/conn").body
+    second = raw_request(raw_shim.port, "GET", "/conn").body
+    assert first == second
+
+
+def test_closed_kept_alive_connection_is_retried_for_a_get_only(raw_shim, raw_upstream):
+    raw_request(raw_shim.port, "GET", "/conn")  # leaves an idle connection in the pool
+    raw_upstream.events.clear()
+    answer = raw_request(raw_shim.port, "GET", "/drop-if-reused")
+    assert answer.status == 200
+    dropped = [n for n, what, _ in raw_upstream.events if what == "dropped"]
+    assert dropped and answer.body != str(dropped[0]).encode()  # answered on a new connection
+
+    raw_request(raw_shim.port, "GET", "/conn")
+    raw_upstream.events.clear()
+    answer = raw_request(raw_shim.port, "POST", "/drop-if-reused", [], b"payload")
+    # A POST is never sent twice: the client gets the error.
+    assert answer.status == 502
+    posts = [d for _, what, d in raw_upstream.events if what == "request" and d[0] == "POST"]
+    assert posts == [("POST", "/drop-if-reused", 7)]
+
+
+# --- the production gunicorn configuration --------------------------------------------------
+
+
+def wait_for_log(server, text: str, seconds: float = 5) -> bool:
+    # The access line is written when the server closes the response, just
+    # after the client has it.
+    deadline = time.monotonic() + seconds
+    while text not in server.log():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_shim_logs_go_to_stderr_at_the_configured_level(shim):
+    raw_request(shim.port, "GET", "/_standin/echo/logged?auth_hash=secret")
+    assert wait_for_log(shim, "INFO shim.access: 127.0.0.1 GET /_standin/echo/logged?auth_hash=*** status=200")
+    assert "secret" not in shim.log()
+    # gunicorn's own access log is off (the shim writes one), nothing goes to stdout.
+    assert shim.stdout() == ""
+
+
+def test_a_bad_setting_stops_gunicorn_at_once_with_one_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYDIO_SHIM_")}
+    env["PYDIO_SHIM_DATABASE_URL"] = "sqlite:///unused.db"
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", CONF, "--check-config", "shim.wsgi:application"],
+                            env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "upstream.url" in lines[0]
+
+
+# --- units ---------------------------------------------------------------------------------------
+
+
+def test_request_body_rejects_a_bad_content_length():
+    for bad in ("-1", "1e3", "²", " 5"):
+        with pytest.raises(proxy.BadRequest):
+            proxy.request_body({"CONTENT_LENGTH": bad, "wsgi.input": io.BytesIO(b"")})
+    assert proxy.request_body({"wsgi.input": io.BytesIO(b"")}) == (None, None)
+    assert proxy.request_body({"CONTENT_LENGTH": "0", "wsgi.input": io.BytesIO(b"")}) == (b"", 0)
