@@ -14,11 +14,12 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import requests
+
+from gunicorn_helpers import GunicornServer
 
 from shim.standin import LegacyStandin, ServerThread
 
@@ -106,24 +107,24 @@ def stack(request, nginx_binary, tmp_path):
     standin.install()
     standin.add_user(USER, PASSWORD)
     legacy = ServerThread(standin).start()
-    gport, nport = free_port(), free_port()
-    env = dict(os.environ, PYDIO_SHIM_UPSTREAM_URL=legacy.url, PYDIO_SHIM_UPSTREAM_PREFIX=upstream or "/",
-               PYDIO_SHIM_DATABASE_URL=db_url)
-    env.pop("PYDIO_SHIM_CONFIG", None)
-    shim = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{gport}", "--worker-class",
-                             "gthread", "--threads", "4", "--log-level", "warning", "shim.wsgi:application"], env=env)
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp_path, port=nport, gport=gport, location=(public + "/") if public else "/",
-                                      prefix=public or "/"))
-    nginx = subprocess.Popen([nginx_binary, "-c", str(conf), "-p", str(tmp_path)])
+    nport = free_port()
+    env = {"PYDIO_SHIM_UPSTREAM_URL": legacy.url, "PYDIO_SHIM_UPSTREAM_PREFIX": upstream or "/",
+           "PYDIO_SHIM_DATABASE_URL": db_url}
+    shim = GunicornServer(env, tmp_path, threads=4)
+    nginx = None
     try:
-        wait_http(f"http://127.0.0.1:{gport}/_shim/health", shim)
+        shim.start()
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp_path, port=nport, gport=shim.port,
+                                          location=(public + "/") if public else "/", prefix=public or "/"))
+        nginx = subprocess.Popen([nginx_binary, "-c", str(conf), "-p", str(tmp_path)])
         wait_http(f"http://127.0.0.1:{nport}/", nginx)
         yield {"public": public, "upstream": upstream, "url": f"http://127.0.0.1:{nport}{public}", "standin": standin,
                "legacy": legacy, "origin": f"http://127.0.0.1:{nport}"}
     finally:
-        stop(nginx)
-        stop(shim)
+        if nginx is not None:
+            stop(nginx)
+        shim.stop()
         legacy.stop()
         standin.engine.dispose()
 
