@@ -3,10 +3,15 @@
     pydio-shim serve   [--config FILE] [--bind ADDR] [--gunicorn-config FILE]
     pydio-shim demo    [--port N] [--prefix /pydio]
     pydio-shim check-config [--config FILE]
+    pydio-shim doctor  [--config FILE] [--user LOGIN [--password PW]] [--workspace WS]
+                       [--shim-url URL] [--timeout S] [--json]
+    pydio-shim install-schema [--config FILE] [--dry-run] [--with-index]
 
 Every command reads the configuration file named by ``--config`` or
 ``PYDIO_SHIM_CONFIG`` plus ``PYDIO_SHIM_*`` variables; a bad setting is reported
-in one line naming it, with exit status 2.
+in one line naming it, with exit status 2.  ``doctor`` exits with 0 when no
+check failed (warnings allowed), 1 otherwise; ``install-schema`` with 1 when the
+database refuses a statement.
 """
 
 from __future__ import annotations
@@ -65,6 +70,82 @@ def cmd_demo(args) -> int:
     return run_demo(port=args.port, prefix=args.prefix, workdir=args.workdir)
 
 
+DOCTOR_PASSWORD_ENV = "PYDIO_SHIM_DOCTOR_PASSWORD"
+
+
+def cmd_doctor(args) -> int:
+    from . import doctor
+    config = _load_config(args)
+    if args.password is not None and not args.user:
+        print("pydio-shim doctor: --password needs --user", file=sys.stderr)
+        return EXIT_CONFIG
+    password = args.password if args.password is not None else os.environ.get(DOCTOR_PASSWORD_ENV)
+    if args.user and password is None:
+        if not sys.stdin.isatty():
+            print(f"pydio-shim doctor: --user needs a password: --password, or {DOCTOR_PASSWORD_ENV}", file=sys.stderr)
+            return EXIT_CONFIG
+        import getpass
+        password = getpass.getpass(f"password of {args.user}: ")
+    try:
+        shim_url = doctor.check_url(args.shim_url) if args.shim_url else None
+    except ValueError as exc:
+        print(f"pydio-shim doctor: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    progress = None if args.json else doctor.Progress(sys.stderr)
+
+    def report(finding):
+        if progress is not None:
+            progress.done(finding)
+            print(finding.line(), flush=True)
+
+    checks = doctor.Doctor(config, config_path=args.config, login=args.user, password=password if args.user else None,
+                           workspace=args.workspace, shim_url=shim_url, timeout=args.timeout,
+                           progress=progress.start if progress else None, report=report)
+    findings = checks.run()
+    if args.json:
+        print(doctor.as_json(findings))
+    else:
+        print(doctor.summary(findings))
+    return doctor.exit_status(findings)
+
+
+def cmd_install_schema(args) -> int:
+    import sqlalchemy as sa
+
+    from . import schema
+    from .doctor import connect_engine, describe_db_error, masked_url, sqlite_file_problem
+    config = _load_config(args)
+    missing_file = sqlite_file_problem(config.database_url)
+    if missing_file:
+        print(f"pydio-shim install-schema: {missing_file}", file=sys.stderr)
+        return 1
+    print(f"-- database {masked_url(config.database_url)}")
+    # A plain engine: nothing is set on the database as a side effect (no SQLite
+    # journal mode), so that --dry-run really changes nothing.
+    engine = connect_engine(config.database_url, timeout=10)
+    try:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError as exc:
+            seen, fix = describe_db_error(exc, config.database_url)
+            print(f"pydio-shim install-schema: cannot connect: {seen}\n  fix: {fix}", file=sys.stderr)
+            return 1
+        try:
+            schema.install(engine, with_index=args.with_index, dry_run=args.dry_run,
+                           out=lambda line: print(line, flush=True))
+        except sa.exc.SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            print(f"pydio-shim install-schema: the database refused a statement: {reason}\n  fix: the user of "
+                  "database.url needs the CREATE, INDEX and TRIGGER privileges (MySQL with binary logging also "
+                  "SUPER, or log_bin_trust_function_creators = 1); what ran before stays, run it again once fixed",
+                  file=sys.stderr)
+            return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pydio-shim", description="A fast front for a legacy Pydio 8 server.")
     parser.add_argument("--version", action="version", version=f"pydio-shim {__version__}")
@@ -80,6 +161,34 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the configuration and print a summary")
     check.add_argument("--config", help="configuration file (TOML)")
     check.set_defaults(func=cmd_check_config)
+
+    doctor = sub.add_parser("doctor", help="check upstream, database, triggers, workspaces and the shim, end to end",
+                            description="Run every check and print one line each: ok, warning, failed or skipped, "
+                                        "what was seen and how to fix it. Exit status 0 when no check failed.")
+    doctor.add_argument("--config", help="configuration file (TOML)")
+    doctor.add_argument("--user", metavar="LOGIN", help="a test account: checks the Authorization header and, end "
+                                                        "to end, creates and deletes a test file through the shim")
+    doctor.add_argument("--password", metavar="PW", help=f"its password (better: set {DOCTOR_PASSWORD_ENV}; "
+                                                         "asked for on a terminal)")
+    doctor.add_argument("--workspace", metavar="WS", help="check only this workspace (id or slug), and use it for "
+                                                          "the account checks (default: a syncable built-in one)")
+    doctor.add_argument("--shim-url", metavar="URL", help="the shim's public URL, prefix included "
+                                                          "(default: http://127.0.0.1:8080 + public.prefix)")
+    doctor.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for each answer "
+                                                                                 "(default 10)")
+    doctor.add_argument("--json", action="store_true", help="print the findings as a JSON list, no progress")
+    doctor.set_defaults(func=cmd_doctor)
+
+    install = sub.add_parser("install-schema", help="create the missing meta.syncable tables and triggers",
+                             description="Create what is missing of ajxp_changes, ajxp_index and their triggers "
+                                         "(MySQL/MariaDB, PostgreSQL, SQLite). Never alters or drops anything; "
+                                         "a second run does nothing.")
+    install.add_argument("--config", help="configuration file (TOML)")
+    install.add_argument("--dry-run", action="store_true", help="print the statements, change nothing")
+    install.add_argument("--with-index", action="store_true", help="also index ajxp_changes (repository_identifier, "
+                                                                   "seq) for fast polls, showing the feed query's "
+                                                                   "plan before and after")
+    install.set_defaults(func=cmd_install_schema)
 
     demo = sub.add_parser("demo", help="run SQLite + a stand-in legacy server + the shim, with example commands")
     demo.add_argument("--port", type=int, default=0, help="port of the shim (default: a free one)")

@@ -347,17 +347,33 @@ def planned_statements(conn) -> list[str]:
     planned = []
     if not set(SYNCABLE_TABLES) <= tables:
         planned.extend(table_statements(dialect))
-        triggers = set()
-    else:
-        triggers = installed_triggers(conn)
+    # Triggers live on ajxp_index: whenever it exists, keep the ones it has, even
+    # when ajxp_changes is the missing table (re-creating one would fail).
+    triggers = installed_triggers(conn) if "ajxp_index" in tables else set()
     for name in TRIGGER_NAMES:
         if name not in triggers:
             statements = trigger_statements(dialect, name)
+            if dialect == "postgresql" and set(SYNCABLE_TABLES) <= tables:
+                # A PostgreSQL trigger calls a function that a damaged install may
+                # lack; an existing one is kept as it is.
+                statements = _pg_missing_function(conn, name) + statements
             if dialect == "sqlite" and name == "LOG_UPDATE":
                 present = _sqlite_trigger_names(conn)
                 statements = [s for s in statements if s.split()[2].upper() not in present]
             planned.extend(statements)
     return planned
+
+
+_PG_FUNCTIONS = {"LOG_DELETE": "ajxp_index_delete", "LOG_INSERT": "ajxp_index_insert",
+                 "LOG_UPDATE": "ajxp_index_update"}
+
+
+def _pg_missing_function(conn, trigger: str) -> list[str]:
+    """The statement creating *trigger*'s function when it does not exist, else nothing."""
+    function = _PG_FUNCTIONS[trigger]
+    if conn.execute(sa.text("SELECT to_regprocedure(:f)"), {"f": function + "()"}).scalar() is not None:
+        return []
+    return [s for s in _PG_SYNCABLE if s.startswith(f"CREATE OR REPLACE FUNCTION {function}()")]
 
 
 def _sqlite_trigger_names(conn) -> set[str]:

@@ -1,0 +1,164 @@
+"""``/_shim/health`` and ``/_shim/metrics`` of a served shim in front of the real stand-in."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import requests
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import USERS
+from shim import config as config_module, wsgi
+from shim.standin import ServerThread
+
+ALICE = ("alice", USERS["alice"][0])
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def serve():
+    """Serve a shim built from settings on a loopback port; returns its base URL."""
+    started = []
+
+    def start(upstream_url, database_url, **settings):
+        config = config_module.Config(upstream_url=upstream_url, database_url=database_url, **settings)
+        app = wsgi.create_app(config)
+        server = ServerThread(app).start()
+        started.append((server, app))
+        return server.url + config.public_prefix
+
+    yield start
+    for server, app in started:
+        server.stop()
+        app.engine.dispose()
+        if app.feed_engine is not app.engine:
+            app.feed_engine.dispose()
+
+
+def health(url):
+    response = requests.get(url + "/_shim/health", timeout=30)
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+    return response.status_code, response.json()
+
+
+def test_health_ok(standin, db_url, serve):
+    status, body = health(serve(standin.url, db_url))
+    assert status == 200
+    assert body == {"status": "ok", "checks": {"database": "ok", "upstream": "ok"}}
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_health_names_a_database_that_is_down(standin, serve):
+    status, body = health(serve(standin.url, f"mysql+pymysql://root@127.0.0.1:{closed_port()}/pydio"))
+    assert status == 503
+    assert body["status"] == "failed"
+    assert body["checks"]["upstream"] == "ok"
+    assert body["checks"]["database"].startswith("failed: ")
+    assert "Can't connect" in body["checks"]["database"]
+
+
+@pytest.mark.parametrize("engine_name", ["mysql"])
+def test_health_names_an_upstream_that_is_down(db_url, serve):
+    port = closed_port()
+    status, body = health(serve(f"http://127.0.0.1:{port}", db_url))
+    assert status == 503
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["upstream"].startswith("failed: ")
+    assert "legacy server" in body["checks"]["upstream"]
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql"])
+def test_health_checks_the_feed_replica(standin, db_url, serve):
+    status, body = health(serve(standin.url, db_url, feed_database_url=db_url))
+    assert (status, body["checks"]) == (200, {"database": "ok", "feed_database": "ok", "upstream": "ok"})
+    replica = f"postgresql+psycopg2://postgres@127.0.0.1:{closed_port()}/pydio"
+    status, body = health(serve(standin.url, db_url, feed_database_url=replica))
+    assert status == 503
+    assert body["checks"]["database"] == "ok" and body["checks"]["upstream"] == "ok"
+    assert body["checks"]["feed_database"].startswith("failed: ")
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_admin_paths_follow_the_public_prefix_and_settings(standin, db_url, serve):
+    url = serve(standin.url, db_url, public_prefix="/pydio", metrics_path="/internal/metrics", health_path="")
+    assert url.endswith("/pydio")
+    metrics = requests.get(url + "/internal/metrics")
+    assert metrics.status_code == 200 and "# HELP shim_feed_requests_total" in metrics.text
+    before = len(standin.log)
+    # The default paths, no longer the shim's, are ordinary requests forwarded to the legacy server.
+    for path in ("/_shim/metrics", "/_shim/health"):
+        response = requests.get(url + path)
+        assert response.status_code == 404 and "# HELP" not in response.text and "checks" not in response.text
+    assert [uri for _method, uri in list(standin.log)[before:]] == ["/_shim/metrics", "/_shim/health"]
+
+
+def samples(url) -> dict:
+    response = requests.get(url + "/_shim/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=")  # Prometheus text format
+    out = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def wait_for(url, expected: dict, timeout=5.0) -> dict:
+    """Metrics once every expected sample has its value (counters are updated when a response is closed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = samples(url)
+        if all(current.get(key, 0) == value for key, value in expected.items()) or time.monotonic() > deadline:
+            return current
+        time.sleep(0.05)
+
+
+def test_metrics_move_with_requests(standin, db_url, serve):
+    url = serve(standin.url, db_url)
+    before = samples(url)
+
+    def at(name, **labels):
+        return before.get((name, tuple(sorted(labels.items()))), 0)
+
+    for name in ("a.txt", "b.txt"):
+        assert requests.post(f"{url}/api/default/mkfile/{name}", auth=ALICE).ok
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT COUNT(*) FROM ajxp_changes WHERE repository_identifier = '0'")).scalar()
+    engine.dispose()
+    assert rows == 2
+    for _ in range(2):
+        feed = requests.get(f"{url}/api/default/changes/0", params={"stream": "true"}, auth=ALICE)
+        assert feed.status_code == 200 and feed.text.endswith(f"LAST_SEQ:{rows}")
+
+    expected = {
+        ("shim_proxy_requests_total", (("status", "200"),)): at("shim_proxy_requests_total", status="200") + 2,
+        ("shim_proxy_duration_seconds_count", ()): at("shim_proxy_duration_seconds_count") + 2,
+        ("shim_feed_requests_total", (("status", "200"),)): at("shim_feed_requests_total", status="200") + 2,
+        ("shim_feed_rows_total", ()): at("shim_feed_rows_total") + 2 * rows,
+        ("shim_feed_duration_seconds_count", ()): at("shim_feed_duration_seconds_count") + 2,
+        ("shim_auth_cache_total", (("result", "miss"),)): at("shim_auth_cache_total", result="miss") + 1,
+        ("shim_auth_cache_total", (("result", "hit"),)): at("shim_auth_cache_total", result="hit") + 1,
+    }
+    after = wait_for(url, expected)
+    assert {key: after.get(key, 0) for key in expected} == expected
+    assert after[("shim_proxy_response_bytes_total", ())] > at("shim_proxy_response_bytes_total")
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_metrics_count_upstream_failures(db_url, serve):
+    url = serve(f"http://127.0.0.1:{closed_port()}", db_url)
+    assert requests.get(f"{url}/api/default/ls/", auth=ALICE).status_code == 502
+    key_errors = ("shim_upstream_errors_total", (("kind", "unreachable"),))
+    key_502 = ("shim_proxy_requests_total", (("status", "502"),))
+    after = wait_for(url, {key_errors: 1, key_502: 1})
+    assert (after.get(key_errors), after.get(key_502)) == (1, 1)
