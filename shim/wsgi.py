@@ -177,6 +177,7 @@ class ShimApp:
         self.metrics.auth_cache.labels(result=note["cache"]).inc()
         if decision.response is not None:
             status, headers, denial = decision.response
+            self.metrics.feed_requests.labels(status=str(status)).inc()
             headers = [(n, v) for n, v in proxy.response_headers(headers) if n.lower() != "content-length"]
             start_response(f"{status} {_reason(status)}", headers + [("Content-Length", str(len(denial)))])
             return [denial]
