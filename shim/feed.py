@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 import sqlalchemy as sa
 
@@ -35,8 +36,9 @@ FETCH_ROWS = 1000
 
 # A filter the shim is sure the legacy sanitiser leaves unchanged: absolute,
 # no trailing slash, no empty, "." or ".." segment, none of the characters it
-# rejects or strips.  Anything else is forwarded so PHP answers it.
-_SIMPLE_FILTER = re.compile(r'^(/[^/\x00-\x1f"|?\\]+)+$')
+# rejects or strips, and no "<" or ">" (its HTML sanitiser strips "<...>" and
+# writes ">" as "&gt;").  Anything else is forwarded so PHP answers it.
+_SIMPLE_FILTER = re.compile(r'^(/[^/\x00-\x1f"|?\\<>]+)+$')
 
 
 class FeedError(Exception):
@@ -56,14 +58,21 @@ class FeedParams:
 def parse_feed_params(path_seq: str | None, params: dict[str, str]) -> FeedParams | None:
     """The feed parameters of a request, or ``None`` when it must be forwarded.
 
-    *path_seq* is the ``{seq}`` path segment (``None`` when absent); *params* the
-    query string and form body merged, form last (PHP's ``$_GET + $_POST``
-    order in Pydio's request parsing gives the body precedence).
+    *path_seq* is the ``{seq}`` path segment as sent, still percent-encoded
+    (``None`` when absent); *params* the query string and form body merged,
+    form last (Pydio merges ``$_GET`` then ``$_POST``: the body wins).
     """
     if set(params) - KNOWN_PARAMS:
         return None
-    raw_seq = params.get("seq_id", path_seq)
-    if raw_seq is None:
+    # The legacy REST router sets seq_id from the path AFTER merging query and
+    # body, to "" when the path has none: a seq_id parameter never counts there.
+    # Forwarded, so that no client depends on the shim reading it otherwise.
+    if "seq_id" in params or path_seq is None:
+        return None
+    # The router matches the rawurldecoded path.  Some Pydio versions urldecode
+    # the value once more: a "%" left after one decoding is forwarded.
+    raw_seq = unquote_to_bytes(path_seq).decode("latin-1")
+    if "%" in raw_seq:
         return None
     filter_value = params.get("filter")
     if filter_value is not None:
@@ -111,20 +120,27 @@ def _to_int(value):
     return None if value is None else int(value)
 
 
+def _to_text(value):
+    """A text column as str: SQLite may hand back a BLOB, read as UTF-8 (invalid bytes escaped)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return value
+
+
 def make_row(r) -> dict:
     """One change row in the legacy key order."""
     return {
         "seq": int(r[0]),
         "node_id": int(r[1]),
-        "type": r[2],
-        "source": r[3],
-        "target": r[4],
+        "type": _to_text(r[2]),
+        "source": _to_text(r[3]),
+        "target": _to_text(r[4]),
         "node": {
             "bytesize": _to_int(r[5]),
-            "md5": r[6],
+            "md5": _to_text(r[6]),
             "mtime": _to_int(r[7]),
-            "node_path": r[8],
-            "repository_identifier": r[9],
+            "node_path": _to_text(r[8]),
+            "repository_identifier": _to_text(r[9]),
         },
     }
 
@@ -141,11 +157,21 @@ def cancel_recycle(row: dict, recycle_bin: str) -> None:
 
 
 def _php7_substr(value, start: int):
-    """PHP 7 ``substr($value, $start)`` for ``$start >= 0``: ``false`` past the end."""
+    """PHP 7 ``substr($value, $start)`` for ``$start >= 0``, counting BYTES of the UTF-8 text.
+
+    ``false`` when the text is shorter than *start* bytes (``null`` counts as
+    ``""``).  A cut inside a multi-byte character leaves text that is not valid
+    UTF-8 (held as surrogate escapes): PHP cannot print such a row, the feed
+    skips it.
+    """
     text = "" if value is None or value is False else value
-    if len(text) < start:
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # not text PHP could have held: left for the printable check
+        return text
+    if len(raw) < start:
         return False
-    return text[start:]
+    return raw[start:].decode("utf-8", "surrogateescape")
 
 
 def filter_out(row: dict, filter_value: str | None) -> bool:
@@ -162,11 +188,13 @@ def filter_out(row: dict, filter_value: str | None) -> bool:
             row["type"], row["source"] = "create", "NULL"
         elif not tgt_in:
             row["type"], row["target"] = "delete", "NULL"
-    strip = len(filter_value)
+    # PHP cuts strlen($filter) bytes; source and target start with the filter,
+    # so cutting its characters is the same there, but not in node_path.
+    strip = len(filter_value.encode("utf-8", "surrogateescape"))
     if src_in:
-        row["source"] = row["source"][strip:]
+        row["source"] = row["source"][len(filter_value):]
     if tgt_in:
-        row["target"] = row["target"][strip:]
+        row["target"] = row["target"][len(filter_value):]
     node = row["node"]
     if row["type"] != "delete":
         node["node_path"] = _php7_substr(node["node_path"], strip)
