@@ -141,6 +141,21 @@ def token_hash(token: str, signed_path: str, nonce: str, private: str) -> str:
     return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
+def hash_is_valid(token: str, auth_hash: str, signed_path: str, private: str) -> bool:
+    """Whether ``auth_hash`` (``nonce:hex``) signs *signed_path* for this token, as PHP decides.
+
+    PHP compares the hex strings case-sensitively (``==`` on two non-numeric
+    strings): an upper-case digest is refused there, so it is refused here.
+    A path that is not UTF-8 is refused too (PHP converts it first, in a way
+    not reproduced here).  Constant time.
+    """
+    nonce, sep, given = auth_hash.partition(":")
+    if not sep or not given.isascii() or not signed_path_is_utf8(signed_path):
+        return False
+    expected = token_hash(token, signed_path, nonce, private)
+    return hmac.compare_digest(expected.encode("ascii"), given.encode("ascii"))
+
+
 def sign(token: str, private: str, path: str) -> str:
     """A fresh ``auth_hash`` (``nonce:hash``) for *path*."""
     nonce = secrets.token_hex(20)
@@ -196,17 +211,11 @@ def authenticate(params: dict[str, str], authorization: str | None, signed_path:
     """
     credentials = token_credentials(params)
     if credentials is not None:
-        if not signed_path_is_utf8(signed_path):
-            return None
         found = keystore.lookup(credentials.token)
         if found is None:
             return None
         user_id, private = found
-        nonce, _, given = credentials.auth_hash.partition(":")
-        expected = token_hash(credentials.token, signed_path, nonce, private)
-        # PHP compares the hex strings case-sensitively (``==`` on two non-numeric
-        # strings): an upper-case digest is refused there, so it is not accepted here.
-        if not hmac.compare_digest(expected.encode("ascii"), given.encode("ascii")):
+        if not hash_is_valid(credentials.token, credentials.auth_hash, signed_path, private):
             return None
         return Principal("token", user_id, _keyed("token", credentials.token), token=credentials.token, private=private)
     if "auth_token" in params or "auth_hash" in params:
@@ -292,14 +301,17 @@ class Authorizer:
         self.metrics = metrics
         self.probes = 0
 
-    def decide(self, principal: Principal, ws_segment: str, ws_id: str) -> tuple[Decision, bool]:
-        """``(decision, cache_hit)`` for *principal* reading workspace *ws_id*."""
+    def decide(self, principal: Principal, ws_segment: str, ws_id: str, client_headers=()) -> tuple[Decision, bool]:
+        """``(decision, cache_hit)`` for *principal* reading workspace *ws_id*.
+
+        *client_headers* go with the probe (who is really asking).
+        """
         key = (principal.cache_key, ws_id)
         cached = self.cache.get(key)
         if cached is not None:
             return cached, True
         self.probes += 1
-        status, headers, body = self.send_probe(ws_segment, principal)
+        status, headers, body = self.send_probe(ws_segment, principal, client_headers)
         if status in (401, 403):
             decision = Decision(False, response=(status, headers, body))
             self.cache.put(key, decision, self.deny_ttl)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "PYDIO_SHIM_"
@@ -172,6 +172,19 @@ def _workspaces(raw) -> tuple[BuiltinWorkspace, ...]:
     return tuple(result)
 
 
+def _check_database_url(setting: str, url: str) -> None:
+    """Refuse a database URL SQLAlchemy cannot parse or whose engine Pydio does not use."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+    example = "mysql+pymysql://user:pw@host/db, postgresql+psycopg2://..., sqlite:////path/pydio.db"
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        raise ConfigError(f"setting {setting}: not an SQLAlchemy URL (expected e.g. {example})") from None
+    if backend not in ("mysql", "postgresql", "sqlite"):
+        raise ConfigError(f"setting {setting}: engine {backend!r} is not one Pydio supports (mysql, postgresql, sqlite)")
+
+
 def load(path: str | None = None, environ: dict | None = None) -> Config:
     """Read the TOML file at *path* (optional), apply environment overrides.
 
@@ -221,8 +234,9 @@ def load(path: str | None = None, environ: dict | None = None) -> Config:
         raise ConfigError(f"setting upstream.url: expected http://host[:port], https://..., fcgi://host:port or unix:/path, got {upstream!r}")
     if scheme in ("fcgi", "unix") and not values.get("upstream_document_root"):
         raise ConfigError("setting upstream.document_root: required with a FastCGI upstream (the Pydio install directory)")
-    if "://" not in values["database_url"] and not values["database_url"].startswith("sqlite:"):
-        raise ConfigError(f"setting database.url: expected an SQLAlchemy URL such as mysql+pymysql://user:pw@host/db, got {values['database_url']!r}")
+    for field_name, setting in (("database_url", "database.url"), ("feed_database_url", "database.feed_url")):
+        if values.get(field_name):
+            _check_database_url(setting, values[field_name])
 
     values["upstream_prefix"] = _normalise_prefix("upstream.prefix", values.get("upstream_prefix", "/"), False)
     values["public_prefix"] = _normalise_prefix("public.prefix", values.get("public_prefix", ""), True)

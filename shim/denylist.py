@@ -57,16 +57,6 @@ def _canonical(path: str, strict: bool) -> str:
     return "/" + "/".join(segments)
 
 
-def canonical_path(path: str) -> str:
-    """*path* decoded and normalised the way a file system or PHP might read it.
-
-    Percent-encoding is undone (up to :data:`MAX_DECODING_LAYERS` times),
-    backslashes become slashes, empty and ``.`` segments vanish, ``..`` removes
-    the segment before it (and is ignored at the root), ``;parameters`` are cut.
-    """
-    return _canonical(path, strict=False)
-
-
 def _windows_name(segment: str) -> str:
     # Windows ignores trailing dots and spaces and reads "name::$DATA" as "name".
     return segment.split("::", 1)[0].rstrip(". ")

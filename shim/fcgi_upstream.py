@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import re
 import posixpath
 from email.utils import formatdate
 from urllib.parse import unquote
@@ -24,6 +25,10 @@ from . import fastcgi
 from .proxy import CHUNK, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .translate import join_prefix, normalise_prefix, strip_prefix
 
+#: What may be served from the document root without PHP: the web UI's assets.
+STATIC_EXTENSIONS = frozenset({".js", ".css", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".ico", ".webp",
+                               ".woff", ".woff2", ".ttf", ".eot", ".otf"})
+_HOST_PORT = re.compile(r"^[^:]*:[0-9]{1,5}$|^\[[^\]]*\]:[0-9]{1,5}$")
 _NOT_PASSED = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix"})
 
 
@@ -49,7 +54,9 @@ class FastCGIUpstream:
             return static
         host = values.get("x-forwarded-host") or "localhost"
         https = values.get("x-forwarded-proto", "").lower() == "https"
-        server_name, _, port = host.rpartition(":") if host.rsplit(":", 1)[-1].isdigit() else (host, "", "")
+        server_name, port = host, ""
+        if _HOST_PORT.match(host):
+            server_name, _, port = host.rpartition(":")
         remote = values.get("x-forwarded-for", "127.0.0.1").split(",")[-1].strip()
         length = 0 if body is None else len(body)
         passed = [(n, v) for n, v in headers if n.lower() not in _NOT_PASSED] + [("Host", host)]
@@ -82,17 +89,25 @@ class FastCGIUpstream:
         rel = strip_prefix(path, self.prefix)
         if rel is None or rel == "/":
             return None
-        decoded = unquote(rel, encoding="utf-8", errors="strict")
-        if decoded.lower().endswith((".php", ".phtml", ".phar")):
+        try:
+            decoded = unquote(rel, encoding="utf-8", errors="strict")
+        except UnicodeDecodeError:
             return None
         candidate = os.path.realpath(os.path.join(self.document_root, posixpath.normpath(decoded).lstrip("/")))
+        # Decide on the final file name: an allowlist of asset types, never PHP
+        # sources or anything else that merely exists there.
+        if os.path.splitext(candidate)[1].lower() not in STATIC_EXTENSIONS:
+            return None
         if not candidate.startswith(self.document_root + os.sep) or not os.path.isfile(candidate):
             return None
-        stat = os.stat(candidate)
+        try:
+            handle = open(candidate, "rb")
+            stat = os.fstat(handle.fileno())
+        except OSError:
+            return None  # unreadable: PHP's front controller answers instead
         ctype = mimetypes.guess_type(candidate)[0] or "application/octet-stream"
         headers = [("Content-Type", ctype), ("Content-Length", str(stat.st_size)),
                    ("Last-Modified", formatdate(stat.st_mtime, usegmt=True))]
-        handle = open(candidate, "rb")
 
         def chunks():
             with handle:

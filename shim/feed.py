@@ -21,7 +21,7 @@ from urllib.parse import unquote_to_bytes
 import sqlalchemy as sa
 
 from . import db
-from .phpcompat import equals_null, is_valid_utf8_text, json_encode, parse_seq
+from .phpcompat import equals_null, is_valid_utf8_text, json_encode, parse_seq, sanitize_alphanum
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,11 @@ FETCH_ROWS = 1000
 
 # A filter the shim is sure the legacy sanitiser leaves unchanged: absolute,
 # no trailing slash, no empty, "." or ".." segment, none of the characters it
-# rejects or strips, and no "<" or ">" (its HTML sanitiser strips "<...>" and
-# writes ">" as "&gt;").  Anything else is forwarded so PHP answers it.
-_SIMPLE_FILTER = re.compile(r'^(/[^/\x00-\x1f"|?\\<>]+)+$')
+# rejects or strips, no "<" or ">" (stripped or escaped by its HTML filters),
+# no "&" (entities are decoded) and no ":" (its XSS check refuses "data:",
+# "javascript:"...).  Anything else is forwarded so PHP answers it.
+_SIMPLE_FILTER = re.compile(r'^(/[^/\x00-\x1f"|?\\<>&:]+)+$')
+_NUMERIC_BEYOND_INT = re.compile(r"^\s*[+-]?(\d+[.eE]|\.\d)")
 
 
 class FeedError(Exception):
@@ -72,7 +74,11 @@ def parse_feed_params(path_seq: str | None, params: dict[str, str]) -> FeedParam
     # The router matches the rawurldecoded path.  Some Pydio versions urldecode
     # the value once more: a "%" left after one decoding is forwarded.
     raw_seq = unquote_to_bytes(path_seq).decode("latin-1")
-    if "%" in raw_seq:
+    if "%" in raw_seq or "/" in raw_seq:  # "/" (from %2F) changes how PHP routes the path
+        return None
+    # PHP 7.1+ reads "1e3" as 1000 and "1.5" as 1: numeric forms beyond a plain
+    # integer are left to the legacy server rather than reimplemented.
+    if _NUMERIC_BEYOND_INT.match(sanitize_alphanum(raw_seq)):
         return None
     filter_value = params.get("filter")
     if filter_value is not None:
@@ -145,14 +151,30 @@ def make_row(r) -> dict:
     }
 
 
+def _text(value) -> str:
+    """A column as PHP's string functions see it: NULL reads as ``""``."""
+    return "" if value is None else value
+
+
+def _rank_above(new_type, old_type) -> bool:
+    """PHP's ``$order[$new] > $order[$old]``; an unknown type ranks as null.
+
+    PHP compares null with an integer as booleans, hence the fallback.
+    """
+    new_rank, old_rank = TYPE_RANK.get(new_type), TYPE_RANK.get(old_type)
+    if new_rank is None or old_rank is None:
+        return bool(new_rank) > bool(old_rank)
+    return new_rank > old_rank
+
+
 def cancel_recycle(row: dict, recycle_bin: str) -> None:
     """A move out of the recycle bin is a creation, a move into it a deletion."""
     if row["type"] != "path":
         return
     prefix = "/" + recycle_bin
-    if row["source"].startswith(prefix):
+    if _text(row["source"]).startswith(prefix):
         row["source"], row["type"] = "NULL", "create"
-    elif row["target"].startswith(prefix):
+    elif _text(row["target"]).startswith(prefix):
         row["target"], row["type"] = "NULL", "delete"
 
 
@@ -179,8 +201,8 @@ def filter_out(row: dict, filter_value: str | None) -> bool:
     if filter_value is None or equals_null(filter_value):
         return False
     prefix = filter_value + "/"
-    src_in = row["source"].startswith(prefix)
-    tgt_in = row["target"].startswith(prefix)
+    src_in = _text(row["source"]).startswith(prefix)
+    tgt_in = _text(row["target"]).startswith(prefix)
     if not src_in and not tgt_in:
         return True
     if row["type"] == "path":
@@ -204,7 +226,8 @@ def filter_out(row: dict, filter_value: str | None) -> bool:
 
 
 def _worth_sending(row: dict) -> bool:
-    return row["source"] != row["target"] or row["type"] == "content"
+    """PHP's ``source != target || type == "content"`` (loose: NULL equals "")."""
+    return _text(row["source"]) != _text(row["target"]) or row["type"] == "content"
 
 
 def feed_rows(rows, params: FeedParams, recycle_bin: str, last_seq_box: list):
@@ -230,7 +253,7 @@ def feed_rows(rows, params: FeedParams, recycle_bin: str, last_seq_box: list):
             previous["target"], previous["seq"] = row["target"], row["seq"]
             if row["type"] == "create" and previous["type"] == "delete":
                 previous["type"] = "create"
-            elif TYPE_RANK[row["type"]] > TYPE_RANK[previous["type"]]:
+            elif _rank_above(row["type"], previous["type"]):
                 previous["type"] = row["type"]
         else:
             if previous is not None and _worth_sending(previous):
@@ -270,19 +293,19 @@ class FeedStream:
     server, also on client disconnect) releases the cursor and connection.
     """
 
-    def __init__(self, engine, identifier: str, params: FeedParams, recycle_bin: str = "",
-                 on_done=None):
+    def __init__(self, engine, identifier: str, params: FeedParams, recycle_bin: str = ""):
         self.params = params
         self.recycle_bin = recycle_bin
         self.rows_sent = 0
         self.skipped = 0
-        self._on_done = on_done
+        self._exhausted = False
+        self.very_last = 0  # MAX(seq) of the table read, once known
         self._conn = None
         self._result = None
         self._reset = False
         try:
             self._conn = engine.connect()
-            very_last = max_seq(self._conn)
+            very_last = self.very_last = max_seq(self._conn)
             if very_last > 0 and params.seq > very_last:
                 self._reset = True
                 self._release()
@@ -321,6 +344,7 @@ class FeedStream:
                 if size >= CHUNK_BYTES:
                     yield "".join(out).encode("ascii")
                     out, size = [], 0
+            self._exhausted = True
             last_seq = last_seq_box[0]
             if last_seq is None:
                 last_seq = max_seq(self._conn) or 1
@@ -336,11 +360,15 @@ class FeedStream:
 
     def _finish(self):
         self._release()
-        if self._on_done is not None:
-            callback, self._on_done = self._on_done, None
-            callback(self)
 
     def _release(self):
+        if self._result is not None and not self._exhausted and self._conn is not None:
+            # A client gone mid-feed: closing a server-side cursor would make
+            # MySQL drain the rest of the result first; drop the connection.
+            try:
+                self._conn.invalidate()
+            except Exception:  # already broken: closing below is enough
+                pass
         if self._result is not None:
             try:
                 self._result.close()

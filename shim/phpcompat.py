@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-from urllib.parse import quote, unquote_plus, unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
+_ESCAPED_DEL = re.compile(r"(?<!\\)((?:\\\\)*)\\u007f")
 _LEADING_INT = re.compile(r"\s*([+-]?\d+)")
 _ALNUM = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -48,7 +49,10 @@ def json_encode(value) -> str:
     U+FFFF).  ``/`` only ever occurs inside strings in JSON text, so escaping it
     after encoding is exact.
     """
-    return json.dumps(value, ensure_ascii=True, separators=(",", ":")).replace("/", "\\/")
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":")).replace("/", "\\/")
+    # PHP writes DEL (U+007F) as is; Python escapes it.  Only an escape that is
+    # not itself preceded by an escaped backslash is one.
+    return _ESCAPED_DEL.sub(lambda m: m.group(1) + "\x7f", text) if "\\u007f" in text else text
 
 
 def is_valid_utf8_text(value) -> bool:
@@ -63,11 +67,6 @@ def is_valid_utf8_text(value) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def rawurlencode(text: str) -> str:
-    """PHP ``rawurlencode()``: RFC 3986, everything but ``A-Za-z0-9-_.~`` escaped."""
-    return quote(text.encode("utf-8", "surrogateescape"), safe="-_.~")
 
 
 def urldecode_bytes(text: str) -> bytes:
@@ -88,10 +87,6 @@ def signed_uri(path: str) -> str:
     encoded = [quote(urldecode_bytes(s), safe="-_.~") for s in segments]
     return "/".join(encoded).replace("~", "%7E")
 
-
-def loose_unquote(text: str) -> str:
-    """Decode ``%XX`` and ``+`` the way PHP fills ``$_GET`` (UTF-8, lenient)."""
-    return unquote_plus(text, encoding="utf-8", errors="surrogateescape")
 
 
 def equals_null(value: str | None) -> bool:

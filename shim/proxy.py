@@ -139,20 +139,30 @@ class BodyReader:
             yield chunk
 
 
+def content_length(environ) -> int | None:
+    """The request's declared body length: ``None`` for a chunked body, 0 without a body.
+
+    Raises :class:`BadRequest` for a malformed ``Content-Length``.
+    """
+    length = environ.get("CONTENT_LENGTH")
+    if length not in (None, ""):
+        if not (length.isascii() and length.isdigit()):
+            raise BadRequest("invalid Content-Length")
+        return int(length)
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return None
+    return 0
+
+
 def request_body(environ) -> tuple[object, int | None]:
     """``(body, length)`` for forwarding: streamed when sized, spooled when chunked.
 
     ``body`` is None when the request has none, ``b""`` when it is empty, else
     a :class:`BodyReader`.
     """
-    length = environ.get("CONTENT_LENGTH")
+    size = content_length(environ)
     stream = environ["wsgi.input"]
-    if length not in (None, ""):
-        if not (length.isascii() and length.isdigit()):
-            raise BadRequest("invalid Content-Length")
-        size = int(length)
-        return (BodyReader(stream, size) if size else b""), size
-    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+    if size is None:  # chunked: PHP-FPM drops such bodies, so spool it and send a length
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
         size = 0
         try:
@@ -164,7 +174,9 @@ def request_body(environ) -> tuple[object, int | None]:
             raise ClientBodyError(f"the chunked request body broke off ({exc.__class__.__name__})") from exc
         spool.seek(0)
         return (BodyReader(spool, size) if size else b""), size
-    return None, None
+    if environ.get("CONTENT_LENGTH") in (None, ""):
+        return None, None
+    return (BodyReader(stream, size) if size else b""), size
 
 
 def _ascii_target(uri: str) -> str:

@@ -14,6 +14,7 @@ server exactly as sent.
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -227,15 +228,8 @@ def _same_length_hash(token: str, private: str, upstream_path: str, old_hash: st
     patched while it streams.
     """
     nonce_length = max(1, len(old_hash) - 65)
-    nonce = auth.secrets.token_hex(nonce_length)[:nonce_length]
+    nonce = secrets.token_hex(nonce_length)[:nonce_length]
     return f"{nonce}:{auth.token_hash(token, upstream_path, nonce, private)}"
-
-
-def _valid_for(token: str, auth_hash: str, path: str, private: str) -> bool:
-    nonce, sep, given = auth_hash.partition(":")
-    if not sep:
-        return False
-    return auth.hmac.compare_digest(auth.token_hash(token, path, nonce, private), given.lower())
 
 
 def resign_query_if_valid(query: str, public_path: str, upstream_path: str, keystore) -> str:
@@ -249,7 +243,7 @@ def resign_query_if_valid(query: str, public_path: str, upstream_path: str, keys
     if credentials is None:
         return query
     found = keystore.lookup(credentials.token)
-    if found is None or not _valid_for(credentials.token, credentials.auth_hash, public_path, found[1]):
+    if found is None or not auth.hash_is_valid(credentials.token, credentials.auth_hash, public_path, found[1]):
         return query
     return resign_query(query, credentials.token, found[1], upstream_path)
 
@@ -279,7 +273,7 @@ def resign_body_head(head: bytes, content_type: str, public_path: str, upstream_
     if credentials is None:
         return head
     found = keystore.lookup(token)
-    if found is None or not _valid_for(token, old_hash, public_path, found[1]):
+    if found is None or not auth.hash_is_valid(token, old_hash, public_path, found[1]):
         return head
     new_hash = _same_length_hash(token, found[1], upstream_path, old_hash)
     raw_old = hash_match.group(1)

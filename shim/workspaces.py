@@ -2,7 +2,7 @@
 
 Built-in workspaces come from the configuration (Pydio keeps them in PHP),
 the others from ``ajxp_repo`` / ``ajxp_repo_options``.  A workspace is looked up
-by id first, then by slug, as the legacy server does.  Answers are cached for a
+by id first, then by slug, database before built-in, as the legacy server does.  Answers are cached for a
 short, configurable time: a workspace created or changed in the admin UI is
 seen within ``workspaces.cache_ttl`` seconds.
 """
@@ -46,14 +46,18 @@ class Workspace:
 
 
 def scope_of(path: str, container: str, access_type: str) -> str:
-    """Security scope from the raw options, as Pydio's drivers compute it."""
-    source = container or path or ""
-    if "AJXP_USER" in source:
-        return "USER"
-    if "AJXP_GROUP_PATH" in source:  # also AJXP_GROUP_PATH_FLAT
-        return "GROUP"
+    """Security scope from the raw options.
+
+    The admin, settings and inbox drivers are always per user; otherwise
+    CONTAINER decides when it names a user or group variable, else PATH.
+    """
     if access_type in USER_SCOPED_ACCESS_TYPES:
         return "USER"
+    for source in (container or "", path or ""):
+        if "AJXP_USER" in source:
+            return "USER"
+        if "AJXP_GROUP_PATH" in source:  # also AJXP_GROUP_PATH_FLAT
+            return "GROUP"
     return ""
 
 
@@ -122,20 +126,22 @@ class WorkspaceResolver:
         return found
 
     def _lookup(self, key: str) -> Workspace | None:
-        for ws in self.builtins:
-            if ws.id == key:
-                return ws
+        # The legacy order (RepositoryService::findRepositoryByIdOrAlias): the
+        # database's ids, the built-in ids, the database's slugs, the built-in
+        # slugs.  A database slug shadows a built-in one, never the reverse.
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(db.repo).where(db.repo.c.uuid == key)).first()
-            if row is None:
-                builtin = next((ws for ws in self.builtins if ws.slug == key), None)
-                if builtin:
-                    return builtin
-                rows = conn.execute(sa.select(db.repo).where(db.repo.c.slug == key)).all()
-                if len(rows) != 1:  # none, or ambiguous: not for the shim to choose
-                    return None
-                row = rows[0]
-            return self._from_row(conn, row._mapping)
+            if row is not None:
+                return self._from_row(conn, row._mapping)
+            builtin = next((ws for ws in self.builtins if ws.id == key), None)
+            if builtin is not None:
+                return builtin
+            rows = conn.execute(sa.select(db.repo).where(db.repo.c.slug == key)).all()
+            if len(rows) > 1 or (rows and rows[0]._mapping["slug"] != key):
+                return None  # ambiguous, or matched by a case-insensitive collation: not for the shim to choose
+            if rows:
+                return self._from_row(conn, rows[0]._mapping)
+        return next((ws for ws in self.builtins if ws.slug == key), None)
 
     def _options(self, conn, uuid: str) -> dict:
         rows = conn.execute(sa.select(db.repo_options.c.name, db.repo_options.c.val)
@@ -148,15 +154,19 @@ class WorkspaceResolver:
         options = self._options(conn, row["uuid"])
         path, container = str(options.get("PATH", "") or ""), str(options.get("CONTAINER", "") or "")
         scope = scope_of(path, container, row["accessType"] or "")
+        parent_is_template, parent_options = False, {}
         if row["parent_uuid"]:
             parent = conn.execute(sa.select(db.repo).where(db.repo.c.uuid == row["parent_uuid"])).first()
             if parent is not None and parent._mapping["isTemplate"]:
+                parent_is_template = True
                 parent_options = self._options(conn, row["parent_uuid"])
                 p_path = str(parent_options.get("PATH", "") or "")
                 p_container = str(parent_options.get("CONTAINER", "") or "")
                 if p_path or p_container:
                     scope = scope_of(p_path, p_container, parent._mapping["accessType"] or "")
         recycle = options.get("RECYCLE_BIN", "")
+        if not recycle and parent_is_template:
+            recycle = parent_options.get("RECYCLE_BIN", "")  # options not set are read from the template
         return Workspace(id=row["uuid"], slug=row["slug"] or row["uuid"], scope=scope,
                          recycle_bin=recycle if isinstance(recycle, str) else "",
                          syncable=is_syncable(options.get("META_SOURCES")))

@@ -111,7 +111,7 @@ class ShimApp:
             return _plain(start_response, "404 Not Found", f"not under the shim's prefix {prefix or '/'}")
         if self.config.health_path and app_path == self.config.health_path:
             note["kind"] = "admin"
-            return self.health(start_response)
+            return self.health(start_response, detailed=trusted)
         if self.config.metrics_path and app_path == self.config.metrics_path:
             note["kind"] = "admin"
             body = self.metrics.render()
@@ -144,28 +144,35 @@ class ShimApp:
             body, pairs = form
             params.update(pairs)
         forward = lambda: self.forward(environ, start_response, note, app_path, query, prefix, trusted, body)  # noqa: E731
-        if any(h in environ for h in ("HTTP_AUTH_TOKEN", "HTTP_AUTH_HASH", "HTTP_PYDIO_AUTH_TOKEN", "HTTP_PYDIO_AUTH_HASH")):
-            # Header tokens: the legacy server's precedence between them and other
-            # credentials is not something to guess.
+        if self._ambiguous_credentials(environ, params):
             return forward()
         ws_segment, seq_segment = match.group(1), match.group(2)
         feed_params = feed.parse_feed_params(seq_segment or None, params)
         if feed_params is None:
             return forward()
-        principal = None
+        # The path the client signed: the public one, prefix included.
+        signed_path = translate.join_prefix(prefix, app_path)
         try:
-            principal = auth.authenticate(params, environ.get("HTTP_AUTHORIZATION"), path, self.keystore)
+            principal = auth.authenticate(params, environ.get("HTTP_AUTHORIZATION"), signed_path, self.keystore)
+            if principal is None:
+                return forward()
             ws_key = unquote(ws_segment, errors="strict")
             workspace = None if ws_key == "pydio" else self.workspaces.resolve(ws_key)
         except sa.exc.SQLAlchemyError as exc:
+            if self._database_alive():
+                # The database answers: the input made the query fail (e.g. a
+                # character a utf8mb3 column cannot compare); PHP decides.
+                return forward()
             return self._db_unavailable(start_response, note, exc)
         except ValueError:
             return forward()
-        if principal is None or workspace is None or not workspace.syncable:
+        if workspace is None or not workspace.syncable:
             return forward()
         note["kind"] = "feed"
+        probe_headers = [(n, v) for n, v in proxy.forwarded_headers(environ, prefix, trusted)
+                         if n.lower().startswith("x-forwarded-") or n.lower() == "user-agent"]
         try:
-            decision, hit = self.authorizer.decide(principal, ws_segment, workspace.id)
+            decision, hit = self.authorizer.decide(principal, ws_segment, workspace.id, probe_headers)
         except proxy.UpstreamError as exc:
             self.metrics.upstream_errors.labels(kind="probe").inc()
             log.error("auth probe failed: %s", exc)
@@ -191,21 +198,49 @@ class ShimApp:
             stream = feed.FeedStream(self.feed_engine, identifier, feed_params, workspace.recycle_bin)
         except feed.FeedError as exc:
             return self._db_unavailable(start_response, note, exc)
+        if self.feed_engine is not self.engine and feed_params.seq > stream.very_last:
+            # A client ahead of the replica (it lags the primary): answering would
+            # send it back to seq 0, a full resync.  The legacy server answers.
+            stream.close()
+            note["kind"] = "proxy"
+            return forward()
         note["feed"] = stream
         start_response("200 OK", [("Content-Type", feed.CONTENT_TYPE)])
         return stream
 
-    def _small_form(self, environ):
-        """``(body, pairs)`` of a small urlencoded POST body, or None to forward."""
-        ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
-        length = environ.get("CONTENT_LENGTH") or "0"
+    @staticmethod
+    def _ambiguous_credentials(environ, params) -> bool:
+        """True when the request carries more than one kind of credential.
+
+        Which one the legacy server honours first (header tokens, form tokens,
+        Basic, the session cookie) is not something to guess: forward.
+        """
+        if any(h in environ for h in ("HTTP_AUTH_TOKEN", "HTTP_AUTH_HASH", "HTTP_PYDIO_AUTH_TOKEN",
+                                      "HTTP_PYDIO_AUTH_HASH")):
+            return True
+        kinds = (("auth_token" in params or "auth_hash" in params) + bool(environ.get("HTTP_AUTHORIZATION"))
+                 + ("AjaXplorer=" in environ.get("HTTP_COOKIE", "")))
+        return kinds > 1
+
+    def _database_alive(self) -> bool:
         try:
-            size = int(length)
-        except ValueError:
-            raise proxy.BadRequest("invalid Content-Length") from None
-        if size > MAX_FEED_FORM or (ctype and ctype != "application/x-www-form-urlencoded"):
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except sa.exc.SQLAlchemyError:
+            return False
+
+    def _small_form(self, environ):
+        """``(body, pairs)`` of a small POST body PHP would parse as a form, or None to forward.
+
+        Only ``application/x-www-form-urlencoded`` fills PHP's ``$_POST``; an
+        empty body without a type is fine (there is nothing to parse).
+        """
+        ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        size = proxy.content_length(environ)
+        if size is None:  # chunked, or no length at all: not a sync client's feed request
             return None
-        if size == 0 and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        if size > MAX_FEED_FORM or (ctype != "application/x-www-form-urlencoded" and (size or ctype)):
             return None
         body = environ["wsgi.input"].read(size) if size else b""
         if len(body) != size:
@@ -219,12 +254,17 @@ class ShimApp:
         return _plain(start_response, "503 Service Unavailable", "pydio-shim: the database is unavailable",
                       [("Retry-After", "5")])
 
-    def _send_probe(self, ws_segment: str, principal: auth.Principal):
-        """Ask the legacy server whether *principal* may read the workspace's feed."""
+    def _send_probe(self, ws_segment: str, principal: auth.Principal, client_headers=()):
+        """Ask the legacy server whether *principal* may read the workspace's feed.
+
+        *client_headers* (``X-Forwarded-*``, ``User-Agent``) say who is really
+        asking, so PHP's per-address brute-force protection counts the client,
+        not the shim.  Never cookies: only the credentials under test count.
+        """
         app_path = f"/api/{ws_segment}/changes/{auth.PROBE_SEQ}"
         upstream_path = translate.join_prefix(translate.normalise_prefix(self.config.upstream_prefix), app_path)
         query = "stream=true"
-        headers = [("User-Agent", "pydio-shim auth probe")]
+        headers = list(client_headers) or [("User-Agent", "pydio-shim auth probe")]
         if principal.kind == "basic":
             headers.append(("Authorization", principal.authorization))
         else:
@@ -306,7 +346,12 @@ class ShimApp:
 
     # --- admin --------------------------------------------------------------------------
 
-    def health(self, start_response):
+    def health(self, start_response, detailed: bool = True):
+        """Database(s) and upstream reachable?  JSON, 200 or 503.
+
+        Error details (host names, users) go only to trusted addresses; others
+        see which part failed, and the details are logged.
+        """
         checks = {}
         engines = [("database", self.engine)]
         if self.feed_engine is not self.engine:  # the feed reads a replica: it must answer too
@@ -326,6 +371,10 @@ class ShimApp:
         except proxy.UpstreamError as exc:
             checks["upstream"] = f"failed: {exc}"
         healthy = all(v == "ok" for v in checks.values())
+        if not healthy:
+            log.warning("health: %s", ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"))
+        if not detailed:
+            checks = {k: v.split(":", 1)[0] for k, v in checks.items()}
         body = json.dumps({"status": "ok" if healthy else "failed", "checks": checks}).encode()
         start_response("200 OK" if healthy else "503 Service Unavailable",
                        [("Content-Type", "application/json"), ("Content-Length", str(len(body))),

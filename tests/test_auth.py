@@ -18,7 +18,6 @@ import json
 import logging
 import secrets
 import sys
-import threading
 import time
 import uuid
 
@@ -55,9 +54,6 @@ def make_shim(standin, db_url):
             environ["PYDIO_SHIM_AUTH_CACHE_SIZE"] = str(cache_size)
         app = wsgi.create_app(config.load(environ=environ))
         server = ServerThread(app)
-        # A short poll interval makes stopping the server fast (the default waits 0.5 s).
-        server.thread = threading.Thread(target=server.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                         daemon=True)
         server.start()
         app.url = server.url
         started.append((server, app))
@@ -645,3 +641,90 @@ def test_no_secret_reaches_the_logs_under_percent_encoded_names(standin, make_sh
     assert feed_lines()
     text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("shim"))
     assert pair["t"] not in text and params["auth_hash"].split(":")[1] not in text
+
+
+# --- requests the shim must leave to the legacy server ---------------------------------------------
+
+
+def test_a_post_body_php_would_not_parse_is_not_read_as_a_form(standin, make_shim):
+    """Without ``application/x-www-form-urlencoded`` PHP leaves ``$_POST`` empty: no token there."""
+    seed(standin)
+    shim = make_shim()
+    pair = token_pair(shim.url, "alice")
+    path = "/api/0/changes/0"
+    body = "&".join(f"{k}={v}" for k, v in signed(path, pair).items())
+    probes = len(probe_requests(standin))
+    for content_type in ("", "text/plain", "application/json"):
+        headers = {"Content-Type": content_type} if content_type else {}
+        request = requests.Request("POST", shim.url + path, data=body.encode(), headers=headers).prepare()
+        if not content_type:
+            request.headers.pop("Content-Type", None)
+        from_shim = requests.Session().send(request)
+        assert not has_change_row(from_shim.content)
+        assert from_shim.status_code == 401  # the stand-in's answer: no credentials it could read
+    assert len(probe_requests(standin)) == probes  # forwarded, never probed
+
+
+def test_two_kinds_of_credentials_are_left_to_the_legacy_server(standin, make_shim):
+    seed(standin)
+    shim = make_shim()
+    pair = token_pair(shim.url, "alice")
+    path = "/api/0/changes/0"
+    probes = len(probe_requests(standin))
+    # A valid token for alice together with bob's Basic credentials.
+    both = requests.get(shim.url + path, params=signed(path, pair), auth=credentials("bob"))
+    direct = requests.get(standin.url + path, params=signed(path, pair), auth=credentials("bob"))
+    assert answer(both) == answer(direct)
+    # Basic credentials together with a web session cookie.
+    cookie = requests.get(shim.url + path, params=STREAM, auth=credentials("alice"),
+                          headers={"Cookie": "AjaXplorer=0123456789abcdef"})
+    assert cookie.status_code == 200
+    assert len(probe_requests(standin)) == probes
+
+
+def test_a_database_slug_shadows_a_builtin_one(standin, make_shim):
+    """The legacy lookup: database ids, built-in ids, database slugs, built-in slugs."""
+    seed(standin)
+    shim = make_shim()
+    ws_id = add_workspace(standin.engine, "default", "AJXP_DATA_PATH/shadow")
+    standin.set_right("alice", ws_id, "rw")
+    resolved = shim.workspaces.resolve("default")
+    assert resolved is not None and resolved.id == ws_id
+    assert shim.workspaces.resolve("0").id == "0"
+
+
+def test_no_credentials_never_touch_the_workspace_tables(standin, make_shim):
+    shim = make_shim()
+    lookups = []
+    original = shim.workspaces.resolve
+    shim.workspaces.resolve = lambda key: lookups.append(key) or original(key)
+    response = assert_legacy_answer(shim, standin, "GET", "/api/%F0%9F%98%80/changes/0", STREAM)
+    assert response.status_code == 401 and lookups == []
+
+
+def test_a_lagging_replica_never_sends_the_client_back_to_zero(standin, db_url, tmp_path, make_shim):
+    """A seq above the replica's MAX but not the primary's: the legacy server answers, not a reset."""
+    seed(standin)
+    replica = f"sqlite:///{tmp_path}/replica.db"
+    engine = db.create_engine(replica)
+    with engine.begin() as conn:
+        db.create_conf_tables(conn)
+        db.install_syncable_schema(conn)
+    engine.dispose()
+    environ = {"PYDIO_SHIM_UPSTREAM_URL": standin.url, "PYDIO_SHIM_DATABASE_URL": db_url,
+               "PYDIO_SHIM_DATABASE_FEED_URL": replica}
+    app = wsgi.create_app(config.load(environ=environ))
+    server = ServerThread(app).start()
+    try:
+        requests.post(standin.url + "/api/0/mkfile/late.txt", auth=credentials("alice"))
+        with standin.engine.connect() as conn:
+            primary_max = conn.execute(sa.select(sa.func.max(db.changes.c.seq))).scalar()
+        path = f"/api/0/changes/{primary_max - 1}"
+        from_shim = requests.get(server.url + path, params=STREAM, auth=credentials("alice"))
+        from_legacy = requests.get(standin.url + path, params=STREAM, auth=credentials("alice"))
+        assert from_shim.content == from_legacy.content
+        assert from_shim.content != b"LAST_SEQ:1" and b"late.txt" in from_shim.content
+    finally:
+        server.stop()
+        app.engine.dispose()
+        app.feed_engine.dispose()

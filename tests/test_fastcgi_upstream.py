@@ -107,3 +107,18 @@ def test_php_fpm_down_is_a_502(php_fpm, tmp_path):  # noqa: F811
         response = requests.get(server.url + "/api/default/ls/")
         assert response.status_code == 502
         assert "php-fpm" in response.text
+
+
+def test_php_sources_and_odd_paths_are_never_served_as_files(shim_on_fpm):
+    secret = shim_on_fpm.docroot + "/plugins/secret.php"
+    with open(secret, "w") as fh:
+        fh.write("<?php echo 'ran';\n")
+    for path in ("/plugins/secret.php", "/plugins/secret.php/", "/plugins/secret.php/.", "/plugins/secret.php%2F",
+                 "/plugins/./secret.php"):
+        response = requests.get(shim_on_fpm.url + path)
+        assert b"<?php" not in response.content, path
+        assert response.status_code != 500, path
+    # Bytes that are not UTF-8, and a Host header whose port is not a number.
+    assert requests.get(shim_on_fpm.url + "/plugins/a%ff.js").status_code != 500
+    odd_host = requests.get(shim_on_fpm.url + "/api/default/ls/", headers={"Host": "files.example.org:x1"})
+    assert odd_host.status_code == 200 and info(odd_host)["HTTP_HOST"] == "files.example.org:x1"

@@ -723,7 +723,10 @@ def test_upstream_connections_are_reused(raw_shim):
 
 
 def test_closed_kept_alive_connection_is_retried_for_a_get_only(raw_shim, raw_upstream):
+    # The worker returns the upstream connection to its pool just after the
+    # client has the answer: give it a moment so the next request reuses it.
     raw_request(raw_shim.port, "GET", "/conn")  # leaves an idle connection in the pool
+    time.sleep(0.3)
     raw_upstream.events.clear()
     answer = raw_request(raw_shim.port, "GET", "/drop-if-reused")
     assert answer.status == 200
@@ -731,12 +734,16 @@ def test_closed_kept_alive_connection_is_retried_for_a_get_only(raw_shim, raw_up
     assert dropped and answer.body != str(dropped[0]).encode()  # answered on a new connection
 
     raw_request(raw_shim.port, "GET", "/conn")
+    time.sleep(0.3)
     raw_upstream.events.clear()
     answer = raw_request(raw_shim.port, "POST", "/drop-if-reused", [], b"payload")
-    # A POST is never sent twice: the client gets the error.
-    assert answer.status == 502
     posts = [d for _, what, d in raw_upstream.events if what == "request" and d[0] == "POST"]
-    assert posts == [("POST", "/drop-if-reused", 7)]
+    assert posts == [("POST", "/drop-if-reused", 7)]  # a POST is never sent twice
+    dropped = [n for n, what, _ in raw_upstream.events if what == "dropped"]
+    # Sent on the kept-alive connection, which the upstream drops: the client
+    # gets the error.  (On a loaded machine the pool may have retired that
+    # connection first; the POST then went once, on a new one, and succeeded.)
+    assert answer.status == (502 if dropped else 200)
 
 
 # --- the production gunicorn configuration --------------------------------------------------

@@ -66,7 +66,7 @@ def test_no_right_and_unknown_workspace_answers(standin):
 def test_token_signed_over_the_right_path_only(standin):
     tokens = requests.get(standin.url + "/api/pydio/keystore_generate_auth_token/laptop",
                           auth=("alice", "alice-secret")).json()
-    path = "/api/0/ls/sub dir é"
+    # "sub dir é" as the client sends it
     wire_path = "/api/0/ls/sub%20dir%20%C3%A9"
     good = requests.get(standin.url + wire_path, params={"auth_token": tokens["t"],
                                                          "auth_hash": sign(wire_path, tokens["t"], tokens["p"])})
