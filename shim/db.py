@@ -113,13 +113,18 @@ SYNCABLE_TABLES = ("ajxp_changes", "ajxp_index")
 TRIGGER_NAMES = ("LOG_INSERT", "LOG_UPDATE", "LOG_DELETE")
 
 
-def create_engine(url: str, pool_size: int = 5) -> Engine:
+def create_engine(url: str, pool_size: int = 5, read_only: bool = False) -> Engine:
     """A pooled engine for *url*, configured the way the shim needs it.
 
     MySQL connections use ``utf8mb4`` so that any stored name round-trips.
+    *read_only* engines (the feed's) run MySQL in autocommit mode with no
+    rollback when a connection returns to the pool: each feed poll then costs
+    the statements it runs and nothing else, as the legacy server's do.
     """
     kwargs: dict = {"pool_pre_ping": True, "future": True}
     parsed = sa.engine.make_url(url)
+    if read_only and parsed.get_backend_name() == "mysql":
+        kwargs.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     if parsed.get_backend_name() == "sqlite":
         # SQLite file databases are shared between threads with a small pool;
         # each connection waits for writers instead of failing at once.

@@ -347,7 +347,11 @@ class FeedStream:
             self._exhausted = True
             last_seq = last_seq_box[0]
             if last_seq is None:
-                last_seq = max_seq(self._conn) or 1
+                # No row: the table's MAX.  PHP reads it again here; the value read
+                # before the query is the same on a quiet table, costs no second
+                # round trip and never lets the client skip a row that arrived for
+                # this workspace while the query ran.
+                last_seq = self.very_last or 1
         except sa.exc.SQLAlchemyError as exc:
             # The body is already under way: end it without a LAST_SEQ line so the
             # client can never take a partial answer for a complete one.

@@ -69,8 +69,11 @@ class ShimApp:
     def __init__(self, config: config_module.Config, upstream=None):
         self.config = config
         self.engine = db.create_engine(config.database_url, config.database_pool_size)
-        self.feed_engine = (db.create_engine(config.feed_database_url, config.database_pool_size)
-                            if config.feed_database_url else self.engine)
+        # The feed reads through an engine of its own (a replica's, or the
+        # primary's tuned for reads); everything else uses self.engine.
+        self.feed_is_replica = bool(config.feed_database_url)
+        self.feed_engine = db.create_engine(config.feed_database_url or config.database_url,
+                                            config.database_pool_size, read_only=True)
         self.upstream = upstream or make_upstream(config)
         self.metrics = Metrics()
         self.workspaces = WorkspaceResolver(self.engine, config.workspaces, config.workspace_cache_ttl)
@@ -198,7 +201,7 @@ class ShimApp:
             stream = feed.FeedStream(self.feed_engine, identifier, feed_params, workspace.recycle_bin)
         except feed.FeedError as exc:
             return self._db_unavailable(start_response, note, exc)
-        if self.feed_engine is not self.engine and feed_params.seq > stream.very_last:
+        if self.feed_is_replica and feed_params.seq > stream.very_last:
             # A client ahead of the replica (it lags the primary): answering would
             # send it back to seq 0, a full resync.  The legacy server answers.
             stream.close()
@@ -354,7 +357,7 @@ class ShimApp:
         """
         checks = {}
         engines = [("database", self.engine)]
-        if self.feed_engine is not self.engine:  # the feed reads a replica: it must answer too
+        if self.feed_is_replica:  # the feed reads a replica: it must answer too
             engines.append(("feed_database", self.feed_engine))
         for name, engine in engines:
             try:

@@ -39,8 +39,7 @@ def serve():
     for server, app in started:
         server.stop()
         app.engine.dispose()
-        if app.feed_engine is not app.engine:
-            app.feed_engine.dispose()
+        app.feed_engine.dispose()
 
 
 def health(url):
