@@ -12,6 +12,7 @@ A service that cannot be reached skips its tests on a developer machine and
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 
 import pytest
@@ -86,6 +87,34 @@ def db_url(empty_db_url):
         db.install_syncable_schema(conn)
     engine.dispose()
     return empty_db_url
+
+
+@pytest.fixture(scope="module")
+def sqlite_standin(tmp_path_factory):
+    """A stand-in on SQLite shared by a whole test module (for tests where the engine does not matter).
+
+    ``.url``, ``.db_url`` and ``.base`` (its directory) are set on it.
+    """
+    base = tmp_path_factory.mktemp("standin")
+    db_url = f"sqlite:///{base}/pydio.db"
+    app = LegacyStandin(db_url, str(base / "data"))
+    app.install()
+    for login, (password, group) in USERS.items():
+        app.add_user(login, password, group)
+    server = ServerThread(app).start()
+    app.url, app.db_url, app.base = server.url, db_url, base
+    yield app
+    server.stop()
+    app.engine.dispose()
+
+
+@pytest.fixture
+def nginx_binary():
+    """The path of nginx (installed by tests/services/start.sh)."""
+    path = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(path):
+        service_missing("nginx", FileNotFoundError(path))
+    return path
 
 
 @pytest.fixture

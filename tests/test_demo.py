@@ -23,7 +23,6 @@ from shim import config as config_module
 from shim.standin import LegacyStandin, ServerThread
 
 ROOT = Path(__file__).resolve().parents[1]
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 # --- the demo -------------------------------------------------------------------------------
@@ -183,16 +182,6 @@ def test_systemd_unit_is_valid(tmp_path):
 
 
 # --- conf/nginx.example.conf -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def nginx_binary():
-    if not os.path.exists(NGINX):
-        message = "nginx is not installed; run tests/services/start.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return NGINX
 
 
 def nginx_main_config(tmp_path, include: Path) -> Path:

@@ -15,10 +15,8 @@ from urllib.parse import quote
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import USERS
 from gunicorn_helpers import GunicornServer
 from shim import denylist
-from shim.standin import LegacyStandin, ServerThread
 
 FORBIDDEN = [
     "/conf/bootstrap.php",
@@ -79,18 +77,8 @@ ALLOWED = [
 
 
 @pytest.fixture(scope="module")
-def standin(tmp_path_factory):
-    base = tmp_path_factory.mktemp("denylist")
-    db_url = f"sqlite:///{base}/pydio.db"
-    app = LegacyStandin(db_url, str(base / "data"))
-    app.install()
-    for login, (password, group) in USERS.items():
-        app.add_user(login, password, group)
-    server = ServerThread(app).start()
-    app.url, app.db_url, app.base = server.url, db_url, base
-    yield app
-    server.stop()
-    app.engine.dispose()
+def standin(sqlite_standin):
+    return sqlite_standin
 
 
 def _shim(standin, **env):

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -23,7 +21,6 @@ from gunicorn_helpers import GunicornServer
 
 from shim.standin import LegacyStandin, ServerThread
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 USER, PASSWORD = "alice", "alice-secret"
 
 NGINX_CONF = """
@@ -86,16 +83,6 @@ def stop(proc):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture
-def nginx_binary():
-    if not os.path.exists(NGINX):
-        message = "nginx is not installed; run tests/services/start.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return NGINX
 
 
 @pytest.fixture(params=[("", ""), ("/pydio", ""), ("", "/pydio"), ("/pydio", "/legacy")],

@@ -31,7 +31,6 @@ from conftest import USERS
 from gunicorn_helpers import CONF, ROOT, GunicornServer
 from shim import config as config_module
 from shim import proxy
-from shim.standin import LegacyStandin, ServerThread
 from shim.wsgi import create_app
 
 ALICE = "Basic " + base64.b64encode(f"alice:{USERS['alice'][0]}".encode()).decode()
@@ -41,19 +40,8 @@ ALICE = "Basic " + base64.b64encode(f"alice:{USERS['alice'][0]}".encode()).decod
 
 
 @pytest.fixture(scope="module")
-def standin(tmp_path_factory):
-    """The legacy stand-in on SQLite, served on a loopback port."""
-    base = tmp_path_factory.mktemp("proxy")
-    db_url = f"sqlite:///{base}/pydio.db"
-    app = LegacyStandin(db_url, str(base / "data"))
-    app.install()
-    for login, (password, group) in USERS.items():
-        app.add_user(login, password, group)
-    server = ServerThread(app).start()
-    app.url, app.db_url, app.base = server.url, db_url, base
-    yield app
-    server.stop()
-    app.engine.dispose()
+def standin(sqlite_standin):
+    return sqlite_standin
 
 
 def start_shim(standin, upstream_url=None, **env) -> GunicornServer:
