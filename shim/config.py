@@ -65,7 +65,7 @@ class Config:
     upstream_read_timeout: float = 300.0
     public_prefix: str = ""
     feed_database_url: str = ""
-    database_pool_size: int = 5
+    database_pool_size: int = 16
     auth_cache_ttl: float = 30.0
     auth_deny_cache_ttl: float = 2.0
     auth_cache_size: int = 10000

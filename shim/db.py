@@ -133,10 +133,19 @@ def create_engine(url: str, pool_size: int = 5, read_only: bool = False) -> Engi
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)
         if parsed.get_backend_name() == "mysql" and "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        if parsed.get_backend_name() == "mysql" and _is_local(parsed) and not any(k.startswith("ssl") for k in parsed.query):
+            # PyMySQL builds a TLS context for every new connection (~50 ms of
+            # CPU loading CA certificates) even when TLS is not used; on the
+            # loopback or a Unix socket TLS protects nothing.
+            kwargs["connect_args"] = {"ssl_disabled": True}
     engine = sa.create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_on_connect)
     return engine
+
+
+def _is_local(url) -> bool:
+    return url.host in (None, "", "localhost", "127.0.0.1", "::1") or "unix_socket" in url.query
 
 
 def _sqlite_on_connect(dbapi_connection, _record):
