@@ -99,27 +99,47 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
 
 
-def feed_query(identifier: str, seq: int, filter_value: str | None):
-    """The legacy SELECT: the workspace's rows after *seq*, joined to the index, by node then seq."""
+def _build_feed_query(filtered: bool):
     c, i = db.changes, db.index
     query = (
         sa.select(c.c.seq, c.c.node_id, c.c.type, c.c.source, c.c.target, i.c.bytesize, i.c.md5, i.c.mtime,
                   i.c.node_path, c.c.repository_identifier)
         .select_from(c.outerjoin(i, c.c.node_id == i.c.node_id))
-        .where(c.c.repository_identifier == identifier, c.c.seq > seq)
+        .where(c.c.repository_identifier == sa.bindparam("identifier"), c.c.seq > sa.bindparam("seq"))
         .order_by(c.c.node_id, c.c.seq)
     )
-    if filter_value is not None:
+    if filtered:
         # The engine's own LIKE decides (case-insensitive on MySQL and SQLite,
         # sensitive on PostgreSQL), exactly as it does for the legacy query.
-        pattern = _like_prefix(filter_value.rstrip("/") + "/")
+        pattern = sa.bindparam("pattern")
         query = query.where(sa.or_(c.c.source.like(pattern, escape="!"), c.c.target.like(pattern, escape="!")))
     return query
 
 
+# Built once: a poll only binds its values (building a statement costs as much as running it).
+_FEED_QUERIES = {False: _build_feed_query(False), True: _build_feed_query(True)}
+
+
+def feed_query_and_values(identifier: str, seq: int, filter_value: str | None):
+    """``(statement, values)`` of the legacy SELECT: the workspace's rows after *seq*, by node then seq."""
+    values = {"identifier": identifier, "seq": seq}
+    if filter_value is not None:
+        values["pattern"] = _like_prefix(filter_value.rstrip("/") + "/")
+    return _FEED_QUERIES[filter_value is not None], values
+
+
+def feed_query(identifier: str, seq: int, filter_value: str | None):
+    """The legacy SELECT with its values bound (for EXPLAIN and inspection)."""
+    statement, values = feed_query_and_values(identifier, seq, filter_value)
+    return statement.params(values)
+
+
+_MAX_SEQ = sa.select(sa.func.max(db.changes.c.seq))
+
+
 def max_seq(conn) -> int:
     """``MAX(seq)`` over the whole table, 0 when it is empty."""
-    return int(conn.execute(sa.select(sa.func.max(db.changes.c.seq))).scalar() or 0)
+    return int(conn.execute(_MAX_SEQ).scalar() or 0)
 
 
 def _to_int(value):
@@ -311,7 +331,7 @@ class FeedStream:
                 self._release()
                 return
             streaming = self._conn.execution_options(stream_results=True, yield_per=FETCH_ROWS)
-            self._result = streaming.execute(feed_query(identifier, params.seq, params.filter))
+            self._result = streaming.execute(*feed_query_and_values(identifier, params.seq, params.filter))
         except sa.exc.SQLAlchemyError as exc:
             self._release()
             raise FeedError(str(exc).splitlines()[0]) from exc
@@ -369,8 +389,16 @@ class FeedStream:
         if self._result is not None and not self._exhausted and self._conn is not None:
             # A client gone mid-feed: closing a server-side cursor would make
             # MySQL drain the rest of the result first; drop the connection.
+            dbapi_cursor = getattr(self._result, "cursor", None)
             try:
                 self._conn.invalidate()
+                # PyMySQL's unbuffered cursor would still try to drain the closed
+                # socket when collected; there is nothing left to drain.
+                if type(dbapi_cursor).__module__.startswith("pymysql"):
+                    pending = getattr(dbapi_cursor, "_result", None)
+                    if pending is not None:
+                        pending.unbuffered_active = False
+                    dbapi_cursor.connection = None
             except Exception:  # already broken: closing below is enough
                 pass
         if self._result is not None:
