@@ -330,6 +330,12 @@ class FeedStream:
                 self._reset = True
                 self._release()
                 return
+            if params.seq >= very_last:
+                # Nothing can follow the table's MAX: the answer is the empty
+                # feed, without the query (the hot path: most polls find nothing).
+                self._exhausted = True
+                self._release()
+                return
             streaming = self._conn.execution_options(stream_results=True, yield_per=FETCH_ROWS)
             self._result = streaming.execute(*feed_query_and_values(identifier, params.seq, params.filter))
         except sa.exc.SQLAlchemyError as exc:
@@ -347,7 +353,8 @@ class FeedStream:
         sent_any = False
         last_seq_box = [None]
         try:
-            for row in feed_rows(self._result, self.params, self.recycle_bin, last_seq_box):
+            rows = () if self._result is None else self._result  # None: nothing after MAX, no query run
+            for row in feed_rows(rows, self.params, self.recycle_bin, last_seq_box):
                 if not _printable(row):
                     # PHP's json_encode fails on invalid UTF-8 and prints nothing
                     # for the row; printing nothing at all keeps the output valid.
