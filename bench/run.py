@@ -552,9 +552,8 @@ def part_feed_snapshot(ctx: Context):
         ctx.profile("feed-snapshot", lambda t: _fetch_for(stack.shim_url + ctx.snapshot_path, ctx.auth, t), 8.0)
 
 
-def _snapshot(ctx: Context, base: str, pids: list[int]) -> dict:
-    """One snapshot request; the serving processes' peak RSS during it (VmHWM reset first)."""
-    rss_before = max(services.status_kib(pid, "VmRSS") for pid in pids) / 1024 if pids else float("nan")
+def _peak_sampler(pids: list[int]):
+    """``(sample, peaks)``: reset the processes' peak RSS, then *sample()* records VmHWM per pid (KiB)."""
     services.reset_peak_rss(pids)
     peaks = {pid: 0 for pid in pids}
 
@@ -564,6 +563,13 @@ def _snapshot(ctx: Context, base: str, pids: list[int]) -> dict:
                 peaks[pid] = max(peaks[pid], services.status_kib(pid, "VmHWM"))
             except (OSError, KeyError):
                 pass
+    return sample, peaks
+
+
+def _snapshot(ctx: Context, base: str, pids: list[int]) -> dict:
+    """One snapshot request; the serving processes' peak RSS during it (VmHWM reset first)."""
+    rss_before = max(services.status_kib(pid, "VmRSS") for pid in pids) / 1024 if pids else float("nan")
+    sample, peaks = _peak_sampler(pids)
 
     result = load.fetch(base + ctx.snapshot_path, ctx.auth, sample=sample)
     sample()
@@ -642,15 +648,7 @@ def _fetch_for(url: str, headers, seconds: float) -> dict:
 
 def _download_with_rss(ctx: Context, url: str) -> dict:
     pids = ctx.stack.shim_workers()
-    services.reset_peak_rss(pids)
-    peaks = {pid: 0 for pid in pids}
-
-    def sample():
-        for pid in pids:
-            try:
-                peaks[pid] = max(peaks[pid], services.status_kib(pid, "VmHWM"))
-            except (OSError, KeyError):
-                pass
+    sample, peaks = _peak_sampler(pids)
 
     result = load.download(url, sample=sample)
     sample()
