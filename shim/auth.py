@@ -301,10 +301,11 @@ class Authorizer:
         self.metrics = metrics
         self.probes = 0
 
-    def decide(self, principal: Principal, ws_segment: str, ws_id: str, client_headers=()) -> tuple[Decision, bool]:
+    def decide(self, principal: Principal, ws_segment: str, ws_id: str, client_headers=list) -> tuple[Decision, bool]:
         """``(decision, cache_hit)`` for *principal* reading workspace *ws_id*.
 
-        *client_headers* go with the probe (who is really asking).
+        *client_headers()* gives the headers that go with a probe (who is really
+        asking); it is called only when a probe is sent.
         """
         key = (principal.cache_key, ws_id)
         cached = self.cache.get(key)

@@ -75,6 +75,8 @@ class ShimApp:
         self.feed_engine = db.create_engine(config.feed_database_url or config.database_url,
                                             config.database_pool_size, read_only=True)
         self.upstream = upstream or make_upstream(config)
+        # "" for the root: the form translate joins paths with.
+        self.upstream_prefix = translate.normalise_prefix(config.upstream_prefix)
         self.metrics = Metrics()
         self.workspaces = WorkspaceResolver(self.engine, config.workspaces, config.workspace_cache_ttl)
         self.keystore = auth.KeyStore(self.engine, config.auth_cache_ttl, config.auth_cache_size)
@@ -125,7 +127,7 @@ class ShimApp:
             return _plain(start_response, "403 Forbidden", "forbidden")
         match = FEED_ROUTE.match(app_path)
         if match and environ.get("REQUEST_METHOD") in ("GET", "POST"):
-            return self.serve_feed(environ, start_response, note, match, path, query, app_path, prefix, trusted)
+            return self.serve_feed(environ, start_response, note, match, query, app_path, prefix, trusted)
         return self.forward(environ, start_response, note, app_path, query, prefix, trusted)
 
     def is_trusted(self, address: str) -> bool:
@@ -137,7 +139,7 @@ class ShimApp:
 
     # --- the feed ---------------------------------------------------------------------
 
-    def serve_feed(self, environ, start_response, note, match, path, query, app_path, prefix, trusted):
+    def serve_feed(self, environ, start_response, note, match, query, app_path, prefix, trusted):
         body = None
         params = dict(parse_query(query or ""))
         if environ["REQUEST_METHOD"] == "POST":
@@ -172,14 +174,15 @@ class ShimApp:
         if workspace is None or not workspace.syncable:
             return forward()
         note["kind"] = "feed"
-        probe_headers = [(n, v) for n, v in proxy.forwarded_headers(environ, prefix, trusted)
-                         if n.lower().startswith("x-forwarded-") or n.lower() == "user-agent"]
+        def probe_headers():  # built only when a probe is really sent, not on cached polls
+            return [(n, v) for n, v in proxy.forwarded_headers(environ, prefix, trusted)
+                    if n.lower().startswith("x-forwarded-") or n.lower() == "user-agent"]
         try:
             decision, hit = self.authorizer.decide(principal, ws_segment, workspace.id, probe_headers)
         except proxy.UpstreamError as exc:
             self.metrics.upstream_errors.labels(kind="probe").inc()
             log.error("auth probe failed: %s", exc)
-            return _plain(start_response, f"{exc.status} {'Bad Gateway' if exc.status == 502 else 'Gateway Timeout'}",
+            return _plain(start_response, f"{exc.status} {_reason(exc.status)}",
                           f"pydio-shim: the legacy server could not confirm access ({exc})")
         except sa.exc.SQLAlchemyError as exc:
             return self._db_unavailable(start_response, note, exc)
@@ -257,7 +260,7 @@ class ShimApp:
         return _plain(start_response, "503 Service Unavailable", "pydio-shim: the database is unavailable",
                       [("Retry-After", "5")])
 
-    def _send_probe(self, ws_segment: str, principal: auth.Principal, client_headers=()):
+    def _send_probe(self, ws_segment: str, principal: auth.Principal, client_headers=list):
         """Ask the legacy server whether *principal* may read the workspace's feed.
 
         *client_headers* (``X-Forwarded-*``, ``User-Agent``) say who is really
@@ -265,9 +268,9 @@ class ShimApp:
         not the shim.  Never cookies: only the credentials under test count.
         """
         app_path = f"/api/{ws_segment}/changes/{auth.PROBE_SEQ}"
-        upstream_path = translate.join_prefix(translate.normalise_prefix(self.config.upstream_prefix), app_path)
+        upstream_path = translate.join_prefix(self.upstream_prefix, app_path)
         query = "stream=true"
-        headers = list(client_headers) or [("User-Agent", "pydio-shim auth probe")]
+        headers = client_headers() or [("User-Agent", "pydio-shim auth probe")]
         if principal.kind == "basic":
             headers.append(("Authorization", principal.authorization))
         else:
@@ -286,7 +289,7 @@ class ShimApp:
         public_origin = f"{scheme}://{host}"
         # A FastCGI upstream has no origin of its own: PHP names the public host.
         return translate.Mapping(public_origin, prefix, self.upstream.origin or public_origin,
-                                 translate.normalise_prefix(self.config.upstream_prefix))
+                                 self.upstream_prefix)
 
     def forward(self, environ, start_response, note, app_path, query, prefix, trusted, body=None):
         started = time.perf_counter()
@@ -368,7 +371,7 @@ class ShimApp:
                 checks[name] = "failed: " + (str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__)
         try:
             response = self.upstream.send("GET", translate.join_prefix(
-                translate.normalise_prefix(self.config.upstream_prefix), "/"), [("User-Agent", "pydio-shim health")])
+                self.upstream_prefix, "/"), [("User-Agent", "pydio-shim health")])
             response.close()
             checks["upstream"] = "ok" if response.status < 500 else f"failed: status {response.status}"
         except proxy.UpstreamError as exc:
