@@ -287,7 +287,7 @@ class _TTLCache:
 class Authorizer:
     """Decides feed access by probing the legacy server, caching the answers.
 
-    *send_probe(ws_segment, principal)* performs the probe and returns
+    *send_probe(ws_id, principal, client_headers)* asks about workspace *ws_id* and returns
     ``(status, headers, body)``; it is the proxy's business how.
     """
 
@@ -301,7 +301,7 @@ class Authorizer:
         self.metrics = metrics
         self.probes = 0
 
-    def decide(self, principal: Principal, ws_segment: str, ws_id: str, client_headers=list) -> tuple[Decision, bool]:
+    def decide(self, principal: Principal, ws_id: str, client_headers=list) -> tuple[Decision, bool]:
         """``(decision, cache_hit)`` for *principal* reading workspace *ws_id*.
 
         *client_headers()* gives the headers that go with a probe (who is really
@@ -312,7 +312,7 @@ class Authorizer:
         if cached is not None:
             return cached, True
         self.probes += 1
-        status, headers, body = self.send_probe(ws_segment, principal, client_headers)
+        status, headers, body = self.send_probe(ws_id, principal, client_headers)
         if status in (401, 403):
             decision = Decision(False, response=(status, headers, body))
             self.cache.put(key, decision, self.deny_ttl)

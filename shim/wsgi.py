@@ -23,7 +23,7 @@ import logging
 import re
 import threading
 import time
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 import sqlalchemy as sa
 
@@ -178,7 +178,10 @@ class ShimApp:
             return [(n, v) for n, v in proxy.forwarded_headers(environ, prefix, trusted)
                     if n.lower().startswith("x-forwarded-") or n.lower() == "user-agent"]
         try:
-            decision, hit = self.authorizer.decide(principal, ws_segment, workspace.id, probe_headers)
+            # The probe names the workspace by the id the shim resolved, never as the
+            # client spelled it: a slug may have moved to another workspace since the
+            # shim last looked it up, and the answer must be about the rows it sends.
+            decision, hit = self.authorizer.decide(principal, workspace.id, probe_headers)
         except proxy.UpstreamError as exc:
             self.metrics.upstream_errors.labels(kind="probe").inc()
             log.error("auth probe failed: %s", exc)
@@ -260,14 +263,14 @@ class ShimApp:
         return _plain(start_response, "503 Service Unavailable", "pydio-shim: the database is unavailable",
                       [("Retry-After", "5")])
 
-    def _send_probe(self, ws_segment: str, principal: auth.Principal, client_headers=list):
+    def _send_probe(self, ws_id: str, principal: auth.Principal, client_headers=list):
         """Ask the legacy server whether *principal* may read the workspace's feed.
 
         *client_headers* (``X-Forwarded-*``, ``User-Agent``) say who is really
         asking, so PHP's per-address brute-force protection counts the client,
         not the shim.  Never cookies: only the credentials under test count.
         """
-        app_path = f"/api/{ws_segment}/changes/{auth.PROBE_SEQ}"
+        app_path = f"/api/{quote(ws_id, safe='-_.~')}/changes/{auth.PROBE_SEQ}"
         upstream_path = translate.join_prefix(self.upstream_prefix, app_path)
         query = "stream=true"
         headers = client_headers() or [("User-Agent", "pydio-shim auth probe")]

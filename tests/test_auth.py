@@ -728,3 +728,32 @@ def test_a_lagging_replica_never_sends_the_client_back_to_zero(standin, db_url, 
         server.stop()
         app.engine.dispose()
         app.feed_engine.dispose()
+
+
+def test_a_slug_moved_to_another_workspace_never_serves_the_old_one(standin, make_shim):
+    """An admin moves slug ``proj`` from A (bob's) to B (alice's): alice never gets A's rows.
+
+    The shim remembers ``proj -> A`` for a while; the legacy server already maps it
+    to B.  Whatever the shim asks the legacy server about must be the workspace
+    whose rows it then sends.
+    """
+    engine = standin.engine
+    ws_a = add_workspace(engine, "proj", "AJXP_DATA_PATH/proj-a")
+    ws_b = add_workspace(engine, "proj-b", "AJXP_DATA_PATH/proj-b")
+    standin.set_right("bob", ws_a, "rw")
+    standin.set_right("alice", ws_b, "rw")
+    for i in range(3):
+        assert requests.post(f"{standin.url}/api/{ws_a}/mkfile/secret-{i}.txt", auth=credentials("bob")).ok
+    shim = make_shim(ttl=300)
+    proj = FEED.format(ws="proj", seq=0)
+    before = requests.get(shim.url + proj, params=STREAM, auth=credentials("bob"))
+    assert {r["node"]["repository_identifier"] for r in stream_rows(before.content)} == {ws_a}
+    with engine.begin() as conn:
+        conn.execute(db.repo.update().where(db.repo.c.uuid == ws_a).values(slug="proj-old"))
+        conn.execute(db.repo.update().where(db.repo.c.uuid == ws_b).values(slug="proj"))
+    for path in (proj, FEED.format(ws=ws_a, seq=0), proj):
+        response = requests.get(shim.url + path, params=STREAM, auth=credentials("alice"))
+        leaked = [r for r in stream_rows(response.content) if r["node"]["repository_identifier"] == ws_a]
+        assert leaked == [], f"{path}: alice received {len(leaked)} of workspace A's rows"
+    # A by id is refused to alice exactly as the legacy server refuses it.
+    assert_legacy_answer(shim, standin, "GET", FEED.format(ws=ws_a, seq=0), STREAM, credentials("alice"))
