@@ -15,7 +15,7 @@ import time
 import pymysql
 
 from shim import config as config_module
-from shim import feed, wsgi
+from shim import db, feed, wsgi
 
 
 def _timed(fn, seconds: float, at_most: int = 100_000) -> dict:
@@ -49,7 +49,7 @@ def poll_costs(shim_environ: dict, db_settings: dict, identifier: str, seq: int,
 
         steps.append(("feed engine: pool checkout + return", _timed(checkout, seconds)))
         with engine.connect() as conn:
-            steps.append(("MAX(seq) through SQLAlchemy (feed.max_seq)", _timed(lambda: feed.max_seq(conn), seconds)))
+            steps.append(("MAX(seq) through SQLAlchemy (db.max_seq)", _timed(lambda: db.max_seq(conn), seconds)))
 
             def empty_select():
                 statement, values = _statement(identifier, seq)

@@ -16,7 +16,7 @@ Layout (``LAYOUT`` below names it; a database with another layout is rebuilt):
 
 The rows are generated inside MariaDB from its ``seq_1_to_N`` sequence tables
 (a few seconds), with the triggers dropped during the load and re-created by
-:func:`shim.db.install_syncable_schema` afterwards.  A database that already
+:func:`shim.schema.install_syncable_schema` afterwards.  A database that already
 holds this layout and row count is reused as it is.
 """
 
@@ -27,8 +27,8 @@ import time
 import phpserialize
 import sqlalchemy as sa
 
-from shim import db
-from shim.standin import LegacyStandin
+from shim import db, schema
+from shim.demo.standin import LegacyStandin
 
 DATABASE = "shimbench"
 N_CHANGES = 1_000_000
@@ -97,7 +97,7 @@ def build(server_url: str, log=print) -> None:
     engine = db.create_engine(url)
     with engine.begin() as conn:
         db.create_conf_tables(conn)
-        db.install_syncable_schema(conn)
+        schema.install_syncable_schema(conn)
         for name in db.TRIGGER_NAMES:  # bulk rows are written directly, as they stand after the fact
             conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name}"))
     n, s = "seq", "seq"
@@ -121,7 +121,7 @@ def build(server_url: str, log=print) -> None:
     with engine.begin() as conn:
         for statement in statements:
             conn.execute(sa.text(statement))
-        db.install_syncable_schema(conn)  # re-creates the triggers
+        schema.install_syncable_schema(conn)  # re-creates the triggers
     with engine.begin() as conn:
         for ws_id in workspace_ids():
             conn.execute(db.repo.insert().values(

@@ -209,7 +209,8 @@ class Stack:
 
     def start_legacy(self, php_children: int = 8):
         """The stand-in (a thread here), nginx in front of it and of php-fpm, the static files."""
-        from shim.standin import LegacyStandin, ServerThread
+        from shim.demo.stack import ServerThread
+        from shim.demo.standin import LegacyStandin
 
         self.standin = LegacyStandin(self.database_url, os.path.join(self.dir, "data"))
         self.standin_server = ServerThread(self.standin).start()

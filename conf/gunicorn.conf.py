@@ -67,7 +67,7 @@ limit_request_line = 8190
 # Trust forwarding headers (X-Forwarded-Proto for wsgi.url_scheme) from exactly
 # the proxies the shim trusts (proxy.trusted_proxies): a client that the shim
 # does not trust must not be able to make gunicorn believe it came over TLS.
-forwarded_allow_ips = ",".join(_config.trusted_proxies)
+forwarded_allow_ips = ",".join(_config.proxy_trusted_proxies)
 
 # --- logging --------------------------------------------------------------------------
 # The shim writes its own access log ("shim.access": one line per request with

@@ -7,41 +7,33 @@ server during the authorization probe).  Anything else (cookie sessions, no
 credentials, malformed values) yields no principal and the request is
 forwarded, so the legacy server answers it.
 
-Authorization: the legacy server stays the authority.  The shim asks it once
-with the client's own credentials (a ``changes`` call with a seq above the
-table's MAX: cheap, and it runs the workspace's side effects), then remembers
-an allowed answer for ``auth.cache_ttl`` seconds and a refusal for at most
-``auth.deny_cache_ttl`` seconds.  Cache keys are keyed hashes, never a raw
-password; nothing secret is ever logged.
+Whether the principal may read a workspace is :mod:`shim.authz`'s business.
+Cache keys are keyed hashes, never a raw password; nothing secret is ever
+logged.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import hashlib
 import hmac
 import logging
 import os
 import secrets
-import threading
-import time
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
 
 import phpserialize
 import sqlalchemy as sa
 
 from . import db
-from .phpcompat import signed_uri
+from .cache import TTLCache
+from .phpcompat import signed_path_is_utf8, signed_uri, trim
 
 log = logging.getLogger(__name__)
 
 #: A seq above any real table's MAX: the probe costs the legacy server one MAX query.
 PROBE_SEQ = 2**53 - 1
-#: PHP trim()'s default character set.
-PHP_TRIM = " \t\n\r\0\x0b"
 _MAX_CREDENTIAL = 4096
 _HEX = frozenset("0123456789abcdefABCDEF")
 # Key-store tokens are generated alphanumeric; a token outside the URL-unreserved
@@ -96,7 +88,7 @@ def basic_login(header: str | None) -> tuple[str, str] | None:
     if ":" not in decoded or "\0" in decoded:
         return None
     login, password = decoded.split(":", 1)
-    login = login.strip(PHP_TRIM)
+    login = trim(login)
     if not login:
         return None
     return login, password
@@ -113,26 +105,6 @@ def token_credentials(params: dict[str, str]) -> TokenCredentials | None:
     if not set(token) <= _TOKEN_CHARS:
         return None
     return TokenCredentials(token, auth_hash)
-
-
-def signed_path_is_utf8(path: str) -> bool:
-    """True when every ``urldecode``d segment of *path* is valid UTF-8.
-
-    *path* is a WSGI string (raw bytes as latin-1 characters).  The legacy
-    server converts a segment that is not UTF-8 before re-encoding it; the shim
-    does not reproduce that guess, so such a signature is left to the legacy
-    server.
-    """
-    try:
-        raw = path.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    for segment in raw.split(b"/"):
-        try:
-            unquote_to_bytes(segment.replace(b"+", b" ")).decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-    return True
 
 
 def token_hash(token: str, signed_path: str, nonce: str, private: str) -> str:
@@ -165,10 +137,10 @@ def sign(token: str, private: str, path: str) -> str:
 class KeyStore:
     """Reads key-store rows (``ajxp_simple_store``), with a short TTL cache."""
 
-    def __init__(self, engine, ttl: float = 30.0, max_entries: int = 10000):
+    def __init__(self, engine, ttl: float = 30.0, max_entries: int = 10000, clock=None):
         self.engine = engine
         self.ttl = ttl
-        self._cache = _TTLCache(max_entries)
+        self._cache = TTLCache(max_entries, clock)
 
     def lookup(self, token: str) -> tuple[str, str] | None:
         """``(user_id, private)`` for a token usable by the sync client, else None.
@@ -185,13 +157,8 @@ class KeyStore:
                 db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token)).first()
         result = None
         if row is not None and row[0]:
-            raw = row[0]
-            if isinstance(raw, memoryview):
-                raw = bytes(raw)
-            if isinstance(raw, str):
-                raw = raw.encode("utf-8", "surrogateescape")
             try:
-                data = phpserialize.loads(raw, decode_strings=True)
+                data = phpserialize.loads(db.as_bytes(row[0]), decode_strings=True)
             except (ValueError, TypeError, IndexError, KeyError):  # a corrupt row: the legacy server decides
                 data = None
             if (isinstance(data, dict) and isinstance(data.get("USER_ID"), str) and isinstance(data.get("PRIVATE"), str)
@@ -226,114 +193,3 @@ def authenticate(params: dict[str, str], authorization: str | None, signed_path:
     return Principal("basic", basic[0], _keyed("basic", authorization), authorization=authorization)
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The outcome of an authorization probe.
-
-    ``allowed``: serve the feed; ``response`` (status, headers, body): the
-    legacy refusal to pass back; neither: forward the request upstream.
-    ``group_path``/``login`` are the stored identity used for the identifier.
-    """
-
-    allowed: bool
-    response: tuple[int, list, bytes] | None = None
-    login: str | None = None
-    group_path: str | None = None
-
-
-FORWARD = Decision(False)
-
-
-class _TTLCache:
-    """A bounded mapping whose entries expire (least recently used dropped first)."""
-
-    def __init__(self, max_entries: int):
-        self.max_entries = max(1, max_entries)
-        self._data: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        now = time.monotonic()
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return None
-            expires, value = entry
-            if expires <= now:
-                del self._data[key]
-                return None
-            self._data.move_to_end(key)
-            return value
-
-    def __len__(self):
-        with self._lock:
-            return len(self._data)
-
-    def keys(self) -> list:
-        """The current keys (expired ones included until they are next read)."""
-        with self._lock:
-            return list(self._data)
-
-    def put(self, key, value, ttl: float):
-        if ttl <= 0:
-            return
-        with self._lock:
-            self._data[key] = (time.monotonic() + ttl, value)
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
-
-
-class Authorizer:
-    """Decides feed access by probing the legacy server, caching the answers.
-
-    *send_probe(ws_id, principal, client_headers)* asks about workspace *ws_id* and returns
-    ``(status, headers, body)``; it is the proxy's business how.
-    """
-
-    def __init__(self, engine, send_probe, ttl: float = 30.0, deny_ttl: float = 2.0, max_entries: int = 10000,
-                 metrics=None):
-        self.engine = engine
-        self.send_probe = send_probe
-        self.ttl = ttl
-        self.deny_ttl = min(deny_ttl, 5.0)
-        self.cache = _TTLCache(max_entries)
-        self.metrics = metrics
-        self.probes = 0
-
-    def decide(self, principal: Principal, ws_id: str, client_headers=list) -> tuple[Decision, bool]:
-        """``(decision, cache_hit)`` for *principal* reading workspace *ws_id*.
-
-        *client_headers()* gives the headers that go with a probe (who is really
-        asking); it is called only when a probe is sent.
-        """
-        key = (principal.cache_key, ws_id)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached, True
-        self.probes += 1
-        status, headers, body = self.send_probe(ws_id, principal, client_headers)
-        if status in (401, 403):
-            decision = Decision(False, response=(status, headers, body))
-            self.cache.put(key, decision, self.deny_ttl)
-            return decision, False
-        if status == 200 and body.lstrip(b"\n").startswith(b"LAST_SEQ:"):
-            login, group_path = self._identity(principal.login)
-            if login is None:
-                return FORWARD, False
-            decision = Decision(True, login=login, group_path=group_path)
-            self.cache.put(key, decision, self.ttl)
-            return decision, False
-        # Any other answer (an XML error, a redirect, a login page...) is not a
-        # "yes": the legacy server answers the real request itself.
-        log.info("auth: probe for workspace %s answered %s; forwarding", ws_id, status)
-        return FORWARD, False
-
-    def _identity(self, login: str) -> tuple[str | None, str | None]:
-        """The login exactly as stored, and its group path; (None, None) if they do not match."""
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(db.users.c.login, db.users.c.groupPath).where(db.users.c.login == login)).first()
-        if row is None or row[0] != login:
-            # Unknown here or differing in case: the identifier is not certain.
-            return None, None
-        return row[0], row[1]

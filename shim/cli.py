@@ -59,18 +59,22 @@ def cmd_serve(args) -> int:
 
 def cmd_check_config(args) -> int:
     config = _load_config(args)
-    print(f"configuration ok: upstream {config.upstream_url} (prefix {config.upstream_prefix}), "
-          f"public prefix {config.public_prefix or 'from the request'}, "
-          f"{len(config.workspaces)} built-in workspaces")
+    print(f"configuration ok: {config_module.describe(config)}")
+    return 0
+
+
+def cmd_settings(args) -> int:
+    print(config_module.settings_table(), end="")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo.stack import run_demo
     return run_demo(port=args.port, prefix=args.prefix, workdir=args.workdir)
 
 
 DOCTOR_PASSWORD_ENV = "PYDIO_SHIM_DOCTOR_PASSWORD"
+DEFAULT_SHIM_URL = "http://127.0.0.1:8080"
 
 
 def cmd_doctor(args) -> int:
@@ -98,10 +102,11 @@ def cmd_doctor(args) -> int:
             progress.done(finding)
             print(finding.line(), flush=True)
 
-    checks = doctor.Doctor(config, config_path=args.config, login=args.user, password=password if args.user else None,
-                           workspace=args.workspace, shim_url=shim_url, timeout=args.timeout,
-                           progress=progress.start if progress else None, report=report)
-    findings = checks.run()
+    context = doctor.Context(config, config_path=args.config, login=args.user,
+                             password=password if args.user else None, workspace_arg=args.workspace,
+                             shim_url=(shim_url or DEFAULT_SHIM_URL + (config.public_prefix or "")).rstrip("/"),
+                             timeout=args.timeout)
+    findings = doctor.run(context, progress=progress.start if progress else None, report=report)
     if args.json:
         print(doctor.as_json(findings))
     else:
@@ -112,30 +117,29 @@ def cmd_doctor(args) -> int:
 def cmd_install_schema(args) -> int:
     import sqlalchemy as sa
 
-    from . import schema
-    from .doctor import connect_engine, describe_db_error, masked_url, sqlite_file_problem
+    from . import db, schema
     config = _load_config(args)
-    missing_file = sqlite_file_problem(config.database_url)
+    missing_file = db.sqlite_file_problem(config.database_url)
     if missing_file:
         print(f"pydio-shim install-schema: {missing_file}", file=sys.stderr)
         return 1
-    print(f"-- database {masked_url(config.database_url)}")
+    print(f"-- database {db.masked_url(config.database_url)}")
     # A plain engine: nothing is set on the database as a side effect (no SQLite
     # journal mode), so that --dry-run really changes nothing.
-    engine = connect_engine(config.database_url, timeout=10)
+    engine = db.connect_engine(config.database_url, timeout=10)
     try:
         try:
             with engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
         except sa.exc.SQLAlchemyError as exc:
-            seen, fix = describe_db_error(exc, config.database_url)
+            seen, fix = db.describe_db_error(exc, config.database_url)
             print(f"pydio-shim install-schema: cannot connect: {seen}\n  fix: {fix}", file=sys.stderr)
             return 1
         try:
             schema.install(engine, with_index=args.with_index, dry_run=args.dry_run,
                            out=lambda line: print(line, flush=True))
         except sa.exc.SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            reason = db.first_line(exc)
             print(f"pydio-shim install-schema: the database refused a statement: {reason}\n  fix: the user of "
                   "database.url needs the CREATE, INDEX and TRIGGER privileges (MySQL with binary logging also "
                   "SUPER, or log_bin_trust_function_creators = 1); what ran before stays, run it again once fixed",
@@ -189,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "seq) for fast polls, showing the feed query's "
                                                                    "plan before and after")
     install.set_defaults(func=cmd_install_schema)
+
+    settings = sub.add_parser("settings", help="list every setting with its default (Markdown)")
+    settings.set_defaults(func=cmd_settings)
 
     demo = sub.add_parser("demo", help="run SQLite + a stand-in legacy server + the shim, with example commands")
     demo.add_argument("--port", type=int, default=0, help="port of the shim (default: a free one)")

@@ -1,28 +1,130 @@
-"""Configuration: one TOML file plus ``PYDIO_SHIM_*`` environment overrides.
+"""Configuration: every setting declared once, read from one TOML file plus ``PYDIO_SHIM_*`` overrides.
 
-The file is read with the standard library (:mod:`tomllib`).  Every setting has a
-default except the upstream and the database, which an install must name.  Any
-setting can be overridden from the environment as ``PYDIO_SHIM_<SECTION>_<KEY>``
-(for instance ``PYDIO_SHIM_DATABASE_URL`` or ``PYDIO_SHIM_AUTH_CACHE_TTL``).
+Each field of :class:`Config` is one setting, declared with :func:`setting`:
+its TOML place (``[section] key``, from the field name ``section_key``), its
+type (the annotation), its default and a one-line description.  From that one
+declaration come the file format, the environment variable
+(``PYDIO_SHIM_<SECTION>_<KEY>``), the validation, ``conf/shim.example.toml``
+and the table of ``docs/configuration.md`` (both checked against it by a test).
 
 A bad or missing value raises :class:`ConfigError` whose message names the
-setting; the command line prints that one line and exits, never a traceback.
-See ``conf/shim.example.toml`` for every setting with its meaning.
+setting and says what is expected; the command line prints that one line and
+exits, never a traceback.
+
+Path prefixes have one canonical form, set here and nowhere else: ``""`` for
+the root, ``"/a/b"`` otherwise (one leading slash, none trailing).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
+import typing
 from dataclasses import dataclass
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "PYDIO_SHIM_"
+#: The one configuration path the documentation, the examples and the systemd unit use.
+DEFAULT_CONFIG_PATH = "/etc/pydio-shim/shim.toml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names it."""
+
+
+def setting(default: Any, description: str, *, required: bool = False,
+            check: Callable[[str, Any], Any] | None = None, shown: str | None = None) -> Any:
+    """Declare one setting as a :class:`Config` field (see the module docstring).
+
+    *check(name, value)* validates a value and returns it in its canonical
+    form; *shown* is how the default is written in the docs, when its
+    canonical form would puzzle a reader (``"/"`` for the root prefix ``""``).
+    """
+    return dataclasses.field(default=default, metadata={"description": description, "required": required,
+                                                        "check": check, "shown": shown})
+
+
+# --- checks of single values: (setting name, value) -> value, or raise ConfigError -----------
+
+
+def canonical_prefix(name: str, value: str) -> str:
+    """``""`` for the root, else ``/a/b``; a prefix must start with ``/``."""
+    if not value.startswith("/"):
+        raise ConfigError(f"setting {name}: a path prefix must start with '/', got {value!r}")
+    parts = [p for p in value.split("/") if p]
+    return "/" + "/".join(parts) if parts else ""
+
+
+def _optional_prefix(name: str, value: str) -> str | None:
+    return None if value == "" else canonical_prefix(name, value)
+
+
+def _upstream_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https", "fcgi", "unix") or (parts.scheme in ("http", "https")
+                                                                and not parts.hostname):
+        raise ConfigError(f"setting {name}: expected http://host[:port][/path], https://..., fcgi://host:port "
+                          f"or unix:/path, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"setting {name}: no query or fragment allowed, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"setting {name}: the port is not a number in {value!r}") from None
+    return value
+
+
+def _database_url(name: str, value: str) -> str:
+    """An SQLAlchemy URL of an engine Pydio supports, whose driver is installed."""
+    if not value:
+        return value
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    example = "mysql+pymysql://user:pw@host/db, postgresql+psycopg2://..., sqlite:////path/pydio.db"
+    try:
+        url = make_url(value)
+        backend = url.get_backend_name()
+    except ArgumentError:
+        raise ConfigError(f"setting {name}: not an SQLAlchemy URL (expected e.g. {example})") from None
+    if backend not in ("mysql", "postgresql", "sqlite"):
+        raise ConfigError(f"setting {name}: engine {backend!r} is not one Pydio supports (mysql, postgresql, sqlite)")
+    fix = {"mysql": "mysql+pymysql://", "postgresql": "postgresql+psycopg2://", "sqlite": "sqlite:///"}[backend]
+    try:
+        url.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise ConfigError(f"setting {name}: SQLAlchemy has no driver {url.drivername!r}; use {fix}...") from None
+    except ImportError as exc:
+        raise ConfigError(f"setting {name}: {url.drivername}:// needs the Python module {exc.name or 'of its driver'}"
+                          f", which is not installed; use {fix}... (installed with the shim)") from None
+    return value
+
+
+def _networks(name: str, value: tuple[str, ...]) -> tuple[str, ...]:
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"setting {name}: {entry!r} is not an IP address or network") from None
+    return value
+
+
+def _admin_path(name: str, value: str) -> str:
+    if value and not value.startswith("/"):
+        raise ConfigError(f"setting {name}: must start with '/' (or be empty to turn it off)")
+    return value
+
+
+def _log_level(name: str, value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise ConfigError(f"setting {name}: one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value.upper()
+
+
+# --- the settings ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -43,7 +145,7 @@ class BuiltinWorkspace:
     syncable: bool = False
 
 
-#: The stock built-in workspaces of a Pydio 8 install (shared/spec: ids 0 and 1).
+#: The stock built-in workspaces of a Pydio 8 install (ids 0 and 1, see docs/legacy.md).
 #: ``my-files`` is user-scoped because its PATH holds ``AJXP_USER``.
 STOCK_WORKSPACES = (
     BuiltinWorkspace(id="0", slug="default", path="AJXP_DATA_PATH/files",
@@ -57,77 +159,138 @@ STOCK_WORKSPACES = (
 class Config:
     """Every setting of the shim, validated.  Build one with :func:`load`."""
 
-    upstream_url: str
-    database_url: str
-    upstream_prefix: str = "/"
-    upstream_document_root: str = ""
-    upstream_connect_timeout: float = 5.0
-    upstream_read_timeout: float = 300.0
-    public_prefix: str = ""
-    feed_database_url: str = ""
-    database_pool_size: int = 16
-    auth_cache_ttl: float = 30.0
-    auth_deny_cache_ttl: float = 2.0
-    auth_cache_size: int = 10000
-    workspace_cache_ttl: float = 10.0
-    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
-    health_path: str = "/_shim/health"
-    metrics_path: str = "/_shim/metrics"
-    log_level: str = "INFO"
-    workspaces: tuple[BuiltinWorkspace, ...] = STOCK_WORKSPACES
+    upstream_url: str = setting(
+        "", "The legacy Pydio server: http(s)://host[:port][/path] (its web server; a path is the install's "
+            "prefix), or fcgi://host:port / unix:/path (PHP-FPM directly, with document_root).",
+        required=True, check=_upstream_url)
+    upstream_prefix: str = setting(
+        "", "The path Pydio is installed at on that server (/ or e.g. /pydio); may differ from public.prefix.",
+        check=canonical_prefix, shown='"/"')
+    upstream_document_root: str = setting(
+        "", "With a FastCGI url: the Pydio install directory on the PHP-FPM host (where index.php is).")
+    upstream_connect_timeout: float = setting(5.0, "Seconds to wait for a connection to the legacy server.")
+    upstream_read_timeout: float = setting(
+        300.0, "Seconds to wait for each piece of an answer (not the whole answer: long downloads are fine).")
+    public_prefix: str | None = setting(
+        None, "The path clients reach the shim at. Empty: from a trusted proxy's X-Forwarded-Prefix, else "
+            "gunicorn's SCRIPT_NAME, else /.", check=_optional_prefix)
+    database_url: str = setting(
+        "", "Pydio's own database, as an SQLAlchemy URL (mysql+pymysql://, postgresql+psycopg2://, "
+            "sqlite:////path). Read only.", required=True, check=_database_url)
+    database_feed_url: str = setting(
+        "", "Where the change feed is read from, e.g. a read-only replica. Empty: database.url.",
+        check=_database_url)
+    database_pool_size: int = setting(
+        16, "Connections kept open per worker process and per database (as many again at busy moments).")
+    auth_cache_ttl: float = setting(
+        30.0, "Seconds an allowed answer of the legacy server is reused before asking again. 0 asks every time.")
+    auth_deny_cache_ttl: float = setting(
+        2.0, "Seconds a refusal of the legacy server is reused (at most 5).")
+    auth_cache_size: int = setting(
+        10000, "Entries kept per worker process in the authorization and key-store caches (least recently used "
+               "dropped).")
+    workspaces_cache_ttl: float = setting(
+        10.0, "Seconds a workspace definition read from the database is reused.")
+    proxy_trusted_proxies: tuple[str, ...] = setting(
+        ("127.0.0.1", "::1"), "Addresses or networks whose X-Forwarded-* headers are believed (the proxy in "
+                              "front of the shim). Also gunicorn's forwarded_allow_ips.", check=_networks)
+    admin_health_path: str = setting(
+        "/_shim/health", "The health endpoint under the public prefix (JSON, 200 or 503). Empty turns it off.",
+        check=_admin_path)
+    admin_metrics_path: str = setting(
+        "/_shim/metrics", "The Prometheus metrics endpoint under the public prefix. Empty turns it off.",
+        check=_admin_path)
+    log_level: str = setting("INFO", "DEBUG, INFO (one access line per request), WARNING or ERROR.",
+                             check=_log_level)
+    workspaces: tuple[BuiltinWorkspace, ...] = dataclasses.field(default=STOCK_WORKSPACES, metadata={
+        "description": "The built-in workspaces Pydio defines in PHP ([[builtin_workspaces]] tables).",
+        "required": False, "check": None, "shown": None})
 
     @property
     def upstream_is_fastcgi(self) -> bool:
         return self.upstream_url.startswith(("fcgi://", "unix:"))
 
-
-# Where each flat setting lives in the TOML file: (section, key) -> field name.
-_LAYOUT = {
-    ("upstream", "url"): "upstream_url",
-    ("upstream", "prefix"): "upstream_prefix",
-    ("upstream", "document_root"): "upstream_document_root",
-    ("upstream", "connect_timeout"): "upstream_connect_timeout",
-    ("upstream", "read_timeout"): "upstream_read_timeout",
-    ("public", "prefix"): "public_prefix",
-    ("database", "url"): "database_url",
-    ("database", "feed_url"): "feed_database_url",
-    ("database", "pool_size"): "database_pool_size",
-    ("auth", "cache_ttl"): "auth_cache_ttl",
-    ("auth", "deny_cache_ttl"): "auth_deny_cache_ttl",
-    ("auth", "cache_size"): "auth_cache_size",
-    ("workspaces", "cache_ttl"): "workspace_cache_ttl",
-    ("proxy", "trusted_proxies"): "trusted_proxies",
-    ("admin", "health_path"): "health_path",
-    ("admin", "metrics_path"): "metrics_path",
-    ("log", "level"): "log_level",
-}
-
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
+    @property
+    def feed_is_replica(self) -> bool:
+        return bool(self.database_feed_url)
 
 
-def _setting_name(section: str, key: str) -> str:
-    return f"{section}.{key}"
+#: The field holding the [[builtin_workspaces]] array: it is not a ``section.key`` setting.
+WORKSPACES_FIELD = "workspaces"
+WORKSPACES_SECTION = "builtin_workspaces"
 
 
-def _coerce(name: str, field_name: str, value):
-    """Convert a TOML or environment value to the field's type, or raise."""
-    kind = _FIELD_TYPES[field_name]
+@dataclass(frozen=True)
+class Setting:
+    """One ``[section] key`` of the file, as declared on :class:`Config`."""
+
+    field: str
+    section: str
+    key: str
+    kind: str  # "str", "float", "int", "bool", "list"
+    default: Any
+    description: str
+    required: bool
+    check: Callable[[str, Any], Any] | None
+    shown: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section}_{self.key}".upper()
+
+
+def _kind(annotation) -> str:
+    if annotation in (str, str | None):
+        return "str"
+    if annotation is float:
+        return "float"
+    if annotation is int:
+        return "int"
+    if annotation is bool:
+        return "bool"
+    if annotation == tuple[str, ...]:
+        return "list"
+    raise TypeError(f"no setting kind for {annotation!r}")
+
+
+def _declared() -> tuple[Setting, ...]:
+    hints = typing.get_type_hints(Config)
+    out = []
+    for f in dataclasses.fields(Config):
+        if f.name == WORKSPACES_FIELD:
+            continue
+        section, key = f.name.split("_", 1)
+        out.append(Setting(f.name, section, key, _kind(hints[f.name]), f.default, f.metadata["description"],
+                           f.metadata["required"], f.metadata["check"], f.metadata["shown"]))
+    return tuple(out)
+
+
+#: Every ``section.key`` setting, in declaration order.
+SETTINGS: tuple[Setting, ...] = _declared()
+_BY_PLACE = {(s.section, s.key): s for s in SETTINGS}
+
+
+def _coerce(name: str, s: Setting, value):
+    """A TOML or environment value converted to the setting's type, or ConfigError."""
     try:
-        if kind == "float":
-            if isinstance(value, bool):
+        if s.kind in ("float", "int"):
+            if isinstance(value, bool) or (s.kind == "int" and isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            number = float(value)
+            number = float(value) if s.kind == "float" else int(value)
             if number < 0:
                 raise ConfigError(f"setting {name}: must not be negative, got {value!r}")
             return number
-        if kind == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        if s.kind == "bool":
+            if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return value.strip().lower() in ("true", "1", "yes", "on")
+            if not isinstance(value, bool):
                 raise ValueError
-            number = int(value)
-            if number < 0:
-                raise ConfigError(f"setting {name}: must not be negative, got {value!r}")
-            return number
-        if kind == "tuple[str, ...]":
+            return value
+        if s.kind == "list":
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -136,25 +299,21 @@ def _coerce(name: str, field_name: str, value):
         if not isinstance(value, str):
             raise ValueError
         return value
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
-        raise ConfigError(f"setting {name}: expected {kind.split('[')[0]}, got {value!r}") from None
-
-
-def _normalise_prefix(name: str, value: str, allow_empty: bool) -> str:
-    if value == "" and allow_empty:
-        return ""
-    if not value.startswith("/"):
-        raise ConfigError(f"setting {name}: a path prefix must start with '/', got {value!r}")
-    return "/" + value.strip("/") if value.strip("/") else "/"
+        expected = {"str": "a string", "float": "a number", "int": "a whole number", "bool": "true or false",
+                    "list": "an array of strings"}[s.kind]
+        raise ConfigError(f"setting {name}: expected {expected}, got {value!r}") from None
 
 
 def _workspaces(raw) -> tuple[BuiltinWorkspace, ...]:
     if not isinstance(raw, list):
-        raise ConfigError("setting builtin_workspaces: expected an array of tables ([[builtin_workspaces]])")
+        raise ConfigError(f"setting {WORKSPACES_SECTION}: expected an array of tables ([[{WORKSPACES_SECTION}]])")
     known = {f.name for f in dataclasses.fields(BuiltinWorkspace)}
     result = []
     for index, entry in enumerate(raw):
-        where = f"builtin_workspaces[{index}]"
+        where = f"{WORKSPACES_SECTION}[{index}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"setting {where}: expected a table")
         unknown = set(entry) - known
@@ -172,83 +331,112 @@ def _workspaces(raw) -> tuple[BuiltinWorkspace, ...]:
     return tuple(result)
 
 
-def _check_database_url(setting: str, url: str) -> None:
-    """Refuse a database URL SQLAlchemy cannot parse or whose engine Pydio does not use."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-    example = "mysql+pymysql://user:pw@host/db, postgresql+psycopg2://..., sqlite:////path/pydio.db"
+def _read_file(path: str) -> dict:
     try:
-        backend = make_url(url).get_backend_name()
-    except ArgumentError:
-        raise ConfigError(f"setting {setting}: not an SQLAlchemy URL (expected e.g. {example})") from None
-    if backend not in ("mysql", "postgresql", "sqlite"):
-        raise ConfigError(f"setting {setting}: engine {backend!r} is not one Pydio supports (mysql, postgresql, sqlite)")
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path}: not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"configuration file {path}: is a directory") from None
+    except PermissionError:
+        raise ConfigError(f"configuration file {path}: not readable by this user") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path}: not valid TOML ({exc})") from None
 
 
-def load(path: str | None = None, environ: dict | None = None) -> Config:
-    """Read the TOML file at *path* (optional), apply environment overrides.
+def _from_file(data: dict) -> tuple[dict, dict[str, str]]:
+    """``(field values, field -> setting name)`` from the parsed file."""
+    values: dict = {}
+    names: dict[str, str] = {}
+    sections = {s.section for s in SETTINGS}
+    for section, content in data.items():
+        if section == WORKSPACES_SECTION:
+            values[WORKSPACES_FIELD] = _workspaces(content)
+            continue
+        if section not in sections:
+            raise ConfigError(f"setting {section}: unknown section")
+        if not isinstance(content, dict):
+            raise ConfigError(f"setting {section}: expected a table [{section}]")
+        for key, value in content.items():
+            s = _BY_PLACE.get((section, key))
+            if s is None:
+                raise ConfigError(f"setting {section}.{key}: unknown setting")
+            values[s.field] = _coerce(s.name, s, value)
+            names[s.field] = s.name
+    return values, names
+
+
+def load(path: str | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file at *path* (optional), apply environment overrides, validate.
 
     *path* defaults to ``$PYDIO_SHIM_CONFIG``; with neither, only the environment
     is used.  Raises :class:`ConfigError` naming the first bad setting.
     """
     environ = os.environ if environ is None else environ
     path = path or environ.get(ENV_PREFIX + "CONFIG") or None
-    data: dict = {}
-    if path:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"configuration file {path}: not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"configuration file {path}: not valid TOML ({exc})") from None
-
-    values: dict = {}
-    known_sections = {s for s, _ in _LAYOUT} | {"builtin_workspaces"}
-    for section, content in data.items():
-        if section not in known_sections:
-            raise ConfigError(f"setting {section}: unknown section")
-        if section == "builtin_workspaces":
-            values["workspaces"] = _workspaces(content)
-            continue
-        if not isinstance(content, dict):
-            raise ConfigError(f"setting {section}: expected a table [{section}]")
-        for key, value in content.items():
-            if (section, key) not in _LAYOUT:
-                raise ConfigError(f"setting {_setting_name(section, key)}: unknown setting")
-            field_name = _LAYOUT[(section, key)]
-            values[field_name] = _coerce(_setting_name(section, key), field_name, value)
-
-    for (section, key), field_name in _LAYOUT.items():
-        env_name = f"{ENV_PREFIX}{section}_{key}".upper()
-        if env_name in environ:
-            values[field_name] = _coerce(env_name, field_name, environ[env_name])
-
-    for field_name, setting in (("upstream_url", "upstream.url"), ("database_url", "database.url")):
-        if not values.get(field_name):
-            raise ConfigError(f"setting {setting}: required (or set {ENV_PREFIX}{setting.replace('.', '_').upper()})")
-
-    upstream = values["upstream_url"]
-    scheme = urlsplit(upstream).scheme
-    if scheme not in ("http", "https", "fcgi", "unix") or (scheme in ("http", "https") and not urlsplit(upstream).hostname):
-        raise ConfigError(f"setting upstream.url: expected http://host[:port], https://..., fcgi://host:port or unix:/path, got {upstream!r}")
-    if scheme in ("fcgi", "unix") and not values.get("upstream_document_root"):
-        raise ConfigError("setting upstream.document_root: required with a FastCGI upstream (the Pydio install directory)")
-    for field_name, setting in (("database_url", "database.url"), ("feed_database_url", "database.feed_url")):
-        if values.get(field_name):
-            _check_database_url(setting, values[field_name])
-
-    values["upstream_prefix"] = _normalise_prefix("upstream.prefix", values.get("upstream_prefix", "/"), False)
-    values["public_prefix"] = _normalise_prefix("public.prefix", values.get("public_prefix", ""), True)
-    for name, setting in (("health_path", "admin.health_path"), ("metrics_path", "admin.metrics_path")):
-        if name in values and values[name] and not values[name].startswith("/"):
-            raise ConfigError(f"setting {setting}: must start with '/' (or be empty to turn it off)")
-    if values.get("log_level", "INFO").upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"setting log.level: one of DEBUG, INFO, WARNING, ERROR, got {values['log_level']!r}")
-    values["log_level"] = values.get("log_level", "INFO").upper()
+    values, names = _from_file(_read_file(path)) if path else ({}, {})
+    for s in SETTINGS:
+        if s.env in environ:
+            values[s.field] = _coerce(s.env, s, environ[s.env])
+            names[s.field] = s.env
+    for s in SETTINGS:
+        name = names.get(s.field, s.name)
+        if s.required and not values.get(s.field):
+            raise ConfigError(f"setting {s.name}: required (or set {s.env})")
+        if s.check is not None and s.field in values:
+            values[s.field] = s.check(name, values[s.field])
+    _upstream_path_as_prefix(values, names)
+    if values["upstream_url"].startswith(("fcgi://", "unix:")) and not values.get("upstream_document_root"):
+        raise ConfigError("setting upstream.document_root: required with a FastCGI upstream (the Pydio install "
+                          "directory)")
     return Config(**values)
+
+
+def _upstream_path_as_prefix(values: dict, names: dict) -> None:
+    """A path in an HTTP ``upstream.url`` is the upstream prefix (it must agree with ``upstream.prefix``)."""
+    url = values["upstream_url"]
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return
+    path = canonical_prefix("upstream.url", parts.path or "/")
+    values["upstream_url"] = f"{parts.scheme}://{parts.netloc}"
+    if not path:
+        return
+    if "upstream_prefix" in values and values["upstream_prefix"] != path:
+        raise ConfigError(f"setting {names.get('upstream_prefix', 'upstream.prefix')}: "
+                          f"{values['upstream_prefix'] or '/'} disagrees with the path {path} of upstream.url; "
+                          "give the install's path in one place only")
+    values["upstream_prefix"] = path
 
 
 def replace(config: Config, **changes) -> Config:
     """A copy of *config* with some fields changed (tests and the demo use it)."""
     return dataclasses.replace(config, **changes)
+
+
+def _shown(value) -> str:
+    if value is None or value == "":
+        return '""'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table (the one in ``docs/configuration.md``, checked by a test)."""
+    lines = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "(required)" if s.required else (s.shown or _shown(s.default))
+        lines.append(f"| `{s.name}` | `{s.env}` | {default} | {s.description} |")
+    return "\n".join(lines) + "\n"
+
+
+def describe(config: Config) -> str:
+    """One line saying what the configuration amounts to (``check-config``)."""
+    upstream = config.upstream_url + (config.upstream_prefix if not config.upstream_is_fastcgi else "")
+    public = "from the request" if config.public_prefix is None else (config.public_prefix or "/")
+    return (f"upstream {upstream} (Pydio installed at {config.upstream_prefix or '/'}), public prefix {public}, "
+            f"{len(config.workspaces)} built-in workspace(s)")

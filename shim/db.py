@@ -1,21 +1,19 @@
-"""The Pydio tables the shim reads, and the DDL that creates them.
+"""The Pydio tables the shim reads, its database engines, and small database helpers.
 
 Reads go through SQLAlchemy Core on pooled engines (``pool_pre_ping`` so that a
-database restart costs one failed ping, not a failed request).  The DDL of the
-meta.syncable tables and triggers is kept per engine because triggers cannot be
-expressed portably; it behaves exactly like Pydio's own (insert -> ``create``,
-delete -> ``delete``, update -> ``content`` when the path is unchanged, compared
-byte for byte, else ``path``).
+database restart costs one failed ping, not a failed request).  The DDL that
+creates the meta.syncable tables and triggers is in :mod:`shim.schema`.
 
-One deliberate difference on MySQL/MariaDB: tables created here use ``utf8mb4``
-(Pydio shipped ``utf8``, i.e. three-byte UTF-8, which cannot store astral
-characters such as emoji).  Collation stays case-insensitive like Pydio's, so
-``LIKE`` behaves the same.  Existing tables are never altered.
+The helpers at the end serve the command line and the doctor: a short-lived
+diagnostic engine, database errors said in plain words, URLs with their
+password masked.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -159,141 +157,6 @@ def _sqlite_on_connect(dbapi_connection, _record):
         pass
 
 
-# --- DDL -------------------------------------------------------------------
-
-_MYSQL_SYNCABLE = [
-    """CREATE TABLE IF NOT EXISTS ajxp_changes (
-  seq INT(20) NOT NULL AUTO_INCREMENT,
-  repository_identifier TEXT NOT NULL,
-  node_id BIGINT(20) NOT NULL,
-  type ENUM('create','delete','path','content') NOT NULL,
-  source TEXT NOT NULL,
-  target TEXT NOT NULL,
-  PRIMARY KEY (seq),
-  KEY node_id (node_id, type)
-) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci""",
-    """CREATE TABLE IF NOT EXISTS ajxp_index (
-  node_id INT(20) NOT NULL AUTO_INCREMENT,
-  node_path TEXT NOT NULL,
-  bytesize BIGINT(20) NOT NULL,
-  md5 VARCHAR(32) NOT NULL,
-  mtime INT(11) NOT NULL,
-  repository_identifier TEXT NOT NULL,
-  PRIMARY KEY (node_id)
-) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci""",
-]
-
-_MYSQL_TRIGGERS = {
-    "LOG_DELETE": """CREATE TRIGGER LOG_DELETE AFTER DELETE ON ajxp_index
-FOR EACH ROW INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
-  VALUES (OLD.repository_identifier, OLD.node_id, OLD.node_path, 'NULL', 'delete')""",
-    "LOG_INSERT": """CREATE TRIGGER LOG_INSERT AFTER INSERT ON ajxp_index
-FOR EACH ROW INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
-  VALUES (NEW.repository_identifier, NEW.node_id, 'NULL', NEW.node_path, 'create')""",
-    "LOG_UPDATE": """CREATE TRIGGER LOG_UPDATE AFTER UPDATE ON ajxp_index
-FOR EACH ROW INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
-  VALUES (NEW.repository_identifier, NEW.node_id, OLD.node_path, NEW.node_path,
-          CASE WHEN BINARY OLD.node_path = BINARY NEW.node_path THEN 'content' ELSE 'path' END)""",
-}
-
-_PG_SYNCABLE = [
-    """DO $$ BEGIN
-  CREATE TYPE ajxp_change_type AS ENUM ('create','delete','path','content');
-EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
-    """CREATE TABLE IF NOT EXISTS ajxp_changes (
-  seq BIGSERIAL PRIMARY KEY,
-  repository_identifier TEXT NOT NULL,
-  node_id INTEGER NOT NULL,
-  type ajxp_change_type NOT NULL,
-  source TEXT NOT NULL,
-  target TEXT NOT NULL
-)""",
-    "CREATE INDEX IF NOT EXISTS ajxp_changes_node_id ON ajxp_changes (node_id)",
-    "CREATE INDEX IF NOT EXISTS ajxp_changes_repo_id ON ajxp_changes (repository_identifier)",
-    "CREATE INDEX IF NOT EXISTS ajxp_changes_type ON ajxp_changes (type)",
-    """CREATE TABLE IF NOT EXISTS ajxp_index (
-  node_id BIGSERIAL PRIMARY KEY,
-  node_path TEXT NOT NULL,
-  bytesize BIGINT NOT NULL,
-  md5 VARCHAR(32) NOT NULL,
-  mtime INTEGER NOT NULL,
-  repository_identifier TEXT NOT NULL
-)""",
-    "CREATE INDEX IF NOT EXISTS ajxp_index_repo_id ON ajxp_index (repository_identifier)",
-    "CREATE INDEX IF NOT EXISTS ajxp_index_md5 ON ajxp_index (md5)",
-    """CREATE OR REPLACE FUNCTION ajxp_index_delete() RETURNS trigger AS $body$
-BEGIN
-  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
-    VALUES (OLD.repository_identifier, OLD.node_id, OLD.node_path, 'NULL', 'delete');
-  RETURN NULL;
-END; $body$ LANGUAGE plpgsql""",
-    """CREATE OR REPLACE FUNCTION ajxp_index_insert() RETURNS trigger AS $body$
-BEGIN
-  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
-    VALUES (NEW.repository_identifier, NEW.node_id, 'NULL', NEW.node_path, 'create');
-  RETURN NEW;
-END; $body$ LANGUAGE plpgsql""",
-    """CREATE OR REPLACE FUNCTION ajxp_index_update() RETURNS trigger AS $body$
-BEGIN
-  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
-    VALUES (NEW.repository_identifier, NEW.node_id, OLD.node_path, NEW.node_path,
-            CASE WHEN OLD.node_path = NEW.node_path THEN 'content' ELSE 'path' END::ajxp_change_type);
-  RETURN NEW;
-END; $body$ LANGUAGE plpgsql""",
-]
-
-_PG_TRIGGERS = {
-    "LOG_DELETE": "CREATE TRIGGER LOG_DELETE AFTER DELETE ON ajxp_index FOR EACH ROW EXECUTE PROCEDURE ajxp_index_delete()",
-    "LOG_INSERT": "CREATE TRIGGER LOG_INSERT AFTER INSERT ON ajxp_index FOR EACH ROW EXECUTE PROCEDURE ajxp_index_insert()",
-    "LOG_UPDATE": "CREATE TRIGGER LOG_UPDATE AFTER UPDATE ON ajxp_index FOR EACH ROW EXECUTE PROCEDURE ajxp_index_update()",
-}
-
-_SQLITE_SYNCABLE = [
-    """CREATE TABLE IF NOT EXISTS ajxp_changes (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  repository_identifier TEXT,
-  node_id NUMERIC,
-  type TEXT,
-  source TEXT,
-  target TEXT
-)""",
-    """CREATE TABLE IF NOT EXISTS ajxp_index (
-  node_id INTEGER PRIMARY KEY AUTOINCREMENT,
-  repository_identifier TEXT,
-  node_path TEXT,
-  bytesize NUMERIC,
-  md5 TEXT,
-  mtime NUMERIC
-)""",
-]
-
-# SQLite has no CASE in trigger choice, so Pydio uses two update triggers;
-# "LOG_UPDATE" stands for the pair when checking what is installed.
-_SQLITE_TRIGGERS = {
-    "LOG_DELETE": ["""CREATE TRIGGER LOG_DELETE AFTER DELETE ON ajxp_index
-BEGIN
-  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
-    VALUES (old.repository_identifier, old.node_id, old.node_path, 'NULL', 'delete');
-END"""],
-    "LOG_INSERT": ["""CREATE TRIGGER LOG_INSERT AFTER INSERT ON ajxp_index
-BEGIN
-  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
-    VALUES (new.repository_identifier, new.node_id, 'NULL', new.node_path, 'create');
-END"""],
-    "LOG_UPDATE": ["""CREATE TRIGGER LOG_UPDATE_CONTENT AFTER UPDATE ON ajxp_index FOR EACH ROW
-WHEN old.node_path = new.node_path
-BEGIN
-  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
-    VALUES (new.repository_identifier, new.node_id, old.node_path, new.node_path, 'content');
-END""", """CREATE TRIGGER LOG_UPDATE_PATH AFTER UPDATE ON ajxp_index FOR EACH ROW
-WHEN old.node_path != new.node_path
-BEGIN
-  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
-    VALUES (new.repository_identifier, new.node_id, old.node_path, new.node_path, 'path');
-END"""],
-}
-
-
 def dialect_of(engine_or_conn) -> str:
     """``mysql``, ``postgresql`` or ``sqlite``; anything else is refused."""
     name = engine_or_conn.dialect.name
@@ -302,99 +165,175 @@ def dialect_of(engine_or_conn) -> str:
     return name
 
 
-def table_statements(dialect: str) -> list[str]:
-    """``CREATE ... IF NOT EXISTS`` statements for the two meta.syncable tables."""
-    return {"mysql": _MYSQL_SYNCABLE, "postgresql": _PG_SYNCABLE, "sqlite": _SQLITE_SYNCABLE}[dialect]
-
-
-def trigger_statements(dialect: str, name: str) -> list[str]:
-    """The statements creating trigger *name* (one of :data:`TRIGGER_NAMES`)."""
-    if dialect == "mysql":
-        return [_MYSQL_TRIGGERS[name]]
-    if dialect == "postgresql":
-        return [_PG_TRIGGERS[name]]
-    return list(_SQLITE_TRIGGERS[name])
-
-
 def installed_tables(conn) -> set[str]:
     """Which of the Pydio tables the shim needs exist, by name."""
     names = set(sa.inspect(conn).get_table_names())
     return {n for n in names if n.startswith("ajxp_")}
 
 
-def installed_triggers(conn) -> set[str]:
-    """Names (upper case, as in :data:`TRIGGER_NAMES`) of the triggers on ajxp_index."""
-    dialect = dialect_of(conn)
-    if dialect == "mysql":
-        rows = conn.execute(sa.text(
-            "SELECT trigger_name FROM information_schema.triggers "
-            "WHERE event_object_schema = DATABASE() AND event_object_table = 'ajxp_index'"))
-    elif dialect == "postgresql":
-        rows = conn.execute(sa.text(
-            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = 'ajxp_index'::regclass"))
-    else:
-        rows = conn.execute(sa.text(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'ajxp_index'"))
-    found = {r[0].upper() for r in rows}
-    if dialect == "sqlite" and {"LOG_UPDATE_CONTENT", "LOG_UPDATE_PATH"} <= found:
-        found.add("LOG_UPDATE")
-    return found & set(TRIGGER_NAMES)
-
-
-def install_syncable_schema(conn) -> list[str]:
-    """Create whatever is missing of the meta.syncable tables and triggers.
-
-    Idempotent and never destructive: existing tables and triggers are kept as
-    they are.  Returns the statements it ran (for reports and ``--dry-run``).
-    """
-    ran = []
-    for statement in planned_statements(conn):
-        conn.execute(sa.text(statement).execution_options(no_parameters=True))
-        ran.append(statement)
-    return ran
-
-
-def planned_statements(conn) -> list[str]:
-    """The statements :func:`install_syncable_schema` would run now."""
-    dialect = dialect_of(conn)
-    tables = installed_tables(conn)
-    planned = []
-    if not set(SYNCABLE_TABLES) <= tables:
-        planned.extend(table_statements(dialect))
-    # Triggers live on ajxp_index: whenever it exists, keep the ones it has, even
-    # when ajxp_changes is the missing table (re-creating one would fail).
-    triggers = installed_triggers(conn) if "ajxp_index" in tables else set()
-    for name in TRIGGER_NAMES:
-        if name not in triggers:
-            statements = trigger_statements(dialect, name)
-            if dialect == "postgresql" and set(SYNCABLE_TABLES) <= tables:
-                # A PostgreSQL trigger calls a function that a damaged install may
-                # lack; an existing one is kept as it is.
-                statements = _pg_missing_function(conn, name) + statements
-            if dialect == "sqlite" and name == "LOG_UPDATE":
-                present = _sqlite_trigger_names(conn)
-                statements = [s for s in statements if s.split()[2].upper() not in present]
-            planned.extend(statements)
-    return planned
-
-
-_PG_FUNCTIONS = {"LOG_DELETE": "ajxp_index_delete", "LOG_INSERT": "ajxp_index_insert",
-                 "LOG_UPDATE": "ajxp_index_update"}
-
-
-def _pg_missing_function(conn, trigger: str) -> list[str]:
-    """The statement creating *trigger*'s function when it does not exist, else nothing."""
-    function = _PG_FUNCTIONS[trigger]
-    if conn.execute(sa.text("SELECT to_regprocedure(:f)"), {"f": function + "()"}).scalar() is not None:
-        return []
-    return [s for s in _PG_SYNCABLE if s.startswith(f"CREATE OR REPLACE FUNCTION {function}()")]
-
-
-def _sqlite_trigger_names(conn) -> set[str]:
-    rows = conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
-    return {r[0].upper() for r in rows}
-
-
 def create_conf_tables(conn) -> None:
     """Create the conf.sql tables the shim reads (tests, demo and stand-in only)."""
     conf_metadata.create_all(conn)
+
+
+# --- values as the drivers hand them back -------------------------------------------------
+
+
+def as_bytes(value) -> bytes:
+    """A text or binary column as bytes (drivers give str, bytes or memoryview)."""
+    if isinstance(value, memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return value
+
+
+def as_text(value):
+    """A text column as str; bytes (an SQLite BLOB, a binary column) read as UTF-8, invalid bytes escaped."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return value
+
+
+def first_line(exc_or_text, limit: int = 200) -> str:
+    """The first line of an error message (the class name when it has none), at most *limit* characters."""
+    if isinstance(exc_or_text, BaseException):
+        orig = getattr(exc_or_text, "orig", None) or exc_or_text
+        text = str(orig).strip()
+        return (text.splitlines()[0] if text else orig.__class__.__name__)[:limit]
+    text = (exc_or_text or "").strip()
+    return (text.splitlines()[0] if text else "")[:limit]
+
+
+_MAX_SEQ = sa.select(sa.func.max(changes.c.seq))
+
+
+def max_seq(conn) -> int:
+    """``MAX(seq)`` over the whole ``ajxp_changes`` table, 0 when it is empty."""
+    return int(conn.execute(_MAX_SEQ).scalar() or 0)
+
+
+def masked_url(url: str) -> str:
+    """*url* with its password replaced by ``***``."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: hide anything between ':' and '@'
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def os_reason(exc: BaseException) -> str:
+    """The operating system's words for a connection failure buried in *exc*, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        match = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+        if match:
+            return match.group(1).strip()
+        exc = exc.__cause__ or exc.__context__
+    return ""
+
+
+def describe_db_error(exc: Exception, url: str) -> tuple[str, str]:
+    """``(what was seen, how to fix it)`` for a failed database connection, in plain words."""
+    parsed = sa.engine.make_url(url)
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig)
+    code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
+    lower = text.lower()
+    where = f"{parsed.host or 'localhost'}:{parsed.port or {'mysql': 3306, 'postgresql': 5432}.get(parsed.get_backend_name(), '')}"
+    user = parsed.username or "(no user)"
+    name = parsed.database or "(none)"
+    if code == 1045 or "password authentication failed" in lower:
+        return (f"the server at {where} refused the password of user {user!r} ({first_line(text)})",
+                "give the right password in database.url (characters such as @ : / % in it must be "
+                "percent-encoded, e.g. @ as %40)")
+    if code == 1698 or "no pg_hba.conf entry" in lower or "peer authentication failed" in lower:
+        return (f"the server at {where} does not let user {user!r} log in from here ({first_line(text)})",
+                "MariaDB/MySQL: give the user a password login for this host; PostgreSQL: add a host line for "
+                "this client and database in pg_hba.conf")
+    if code in (1044, 1142) or "permission denied" in lower:
+        return (f"user {user!r} may not use database {name!r} ({first_line(text)})",
+                f"grant the user access to {name} (SELECT, and INSERT/UPDATE/DELETE for the trigger test)")
+    if code == 1049 or (parsed.get_backend_name() == "postgresql" and "database" in lower and "does not exist" in lower):
+        return (f"there is no database {name!r} on {where}", "correct the database name in database.url")
+    if parsed.get_backend_name() == "postgresql" and "role" in lower and "does not exist" in lower:
+        return (f"there is no user {user!r} on {where}", "correct the user name in database.url")
+    if code == 2005 or "could not translate host name" in lower or "name or service not known" in lower \
+            or "unknown host" in lower:
+        return (f"the host {parsed.host!r} cannot be resolved", "correct the host in database.url")
+    if "timeout" in lower or "timed out" in lower:
+        return (f"no answer from {where} in time (a firewall dropping packets, or the server is overloaded)",
+                "check that the database server is up and that this machine may reach it")
+    if code == 2003 or "connection refused" in lower or "could not connect" in lower:
+        return (f"nothing accepts connections at {where} (server down, closed port or wrong port)",
+                "start the database server, or correct the host and port in database.url")
+    if "unable to open database file" in lower:
+        return (f"SQLite cannot open {parsed.database!r} (a missing directory or no permission)",
+                "correct the path in database.url, and let the shim's user read and write the file and its directory")
+    return first_line(text) or exc.__class__.__name__, "correct database.url, or start the database server"
+
+
+def sqlite_file_problem(url: str) -> str | None:
+    """Why an SQLite *url* cannot be Pydio's database (in memory, or no such file), else None."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    path = parsed.database
+    if not path or path == ":memory:":
+        return "database.url names an in-memory SQLite database: it holds no Pydio data"
+    if not parsed.query.get("uri") and not os.path.exists(path):
+        return f"the SQLite file {path} does not exist (SQLite would silently create an empty one)"
+    return None
+
+
+class DiagnosticError(Exception):
+    """A database setting that cannot work, with how to fix it (``.fix``)."""
+
+    def __init__(self, seen: str, fix: str):
+        super().__init__(seen)
+        self.seen, self.fix = seen, fix
+
+
+def connect_engine(url: str, timeout: float):
+    """An engine for a short diagnostic session: no pool, short connection timeouts.
+
+    Unlike :func:`shim.db.create_engine` it never creates an SQLite file that
+    does not exist (SQLite would silently make an empty database).
+    """
+    parsed = sa.engine.make_url(url)
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    connect_args: dict = {}
+    if backend == "sqlite":
+        problem = sqlite_file_problem(url)
+        if problem:
+            raise DiagnosticError(problem, "set database.url to the SQLite file Pydio uses (an absolute path "
+                                             "needs four slashes: sqlite:////var/lib/pydio/pydio.db)")
+        connect_args = {"timeout": timeout}
+    elif backend == "mysql":
+        if driver in ("pymysql", "mysqldb"):
+            connect_args = {"connect_timeout": max(1, int(timeout))}
+        if "charset" not in parsed.query:
+            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    elif backend == "postgresql" and driver in ("psycopg2", "psycopg"):
+        connect_args = {"connect_timeout": max(1, int(timeout))}
+    return sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=connect_args)
+
+
+def server_version(conn) -> str:
+    """The database server's name and version, e.g. ``MariaDB 10.11.19``."""
+    dialect = dialect_of(conn)
+    if dialect == "sqlite":
+        return "SQLite " + str(conn.execute(sa.text("SELECT sqlite_version()")).scalar())
+    if dialect == "postgresql":
+        return "PostgreSQL " + str(conn.execute(sa.text("SHOW server_version")).scalar())
+    version = str(conn.execute(sa.text("SELECT VERSION()")).scalar())
+    return ("MariaDB " if "mariadb" in version.lower() else "MySQL ") + version.split("-")[0]
+
+
+def is_permission_error(exc) -> bool:
+    """Whether a database error says the user may not do what was asked (read-only, no privilege)."""
+    orig = getattr(exc, "orig", None) or exc
+    code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
+    text = str(orig).lower()
+    return code in (1142, 1044, 1227) or "permission denied" in text or "readonly database" in text \
+        or "read-only" in text or "read only" in text

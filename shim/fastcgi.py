@@ -20,13 +20,12 @@ Usage::
         for chunk in response.iter_content():
             ...
 
-Only the standard library is used.
+Only the standard library is used (and the shim's reason phrases).
 """
 
 from __future__ import annotations
 
 import collections
-import http
 import posixpath
 import re
 import selectors
@@ -34,6 +33,8 @@ import socket
 import struct
 import tempfile
 from typing import IO, Iterable, Iterator, Mapping, Union
+
+from .responses import reason_phrase
 
 __all__ = [
     "FastCGIClient",
@@ -448,7 +449,7 @@ class FastCGIResponse:
             if not (code.isdigit() and len(code) == 3):
                 raise FastCGIError(f"invalid Status header {status!r}")
             self.status = int(code)
-            self.reason = reason.strip() or _default_reason(self.status)
+            self.reason = reason.strip() or reason_phrase(self.status)
         elif any(n.lower() == "location" and re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", v)
                  for n, v in self.headers):
             self.status, self.reason = 302, "Found"
@@ -501,13 +502,6 @@ def _split(data: bytes, size: int) -> Iterator[bytes]:
     else:
         for start in range(0, len(data), size):
             yield data[start:start + size]
-
-
-def _default_reason(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 # -- the client ------------------------------------------------------------

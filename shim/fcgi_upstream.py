@@ -22,8 +22,8 @@ from email.utils import formatdate
 from urllib.parse import unquote
 
 from . import fastcgi
-from .proxy import CHUNK, UpstreamError, UpstreamResponse, UpstreamTimeout
-from .translate import join_prefix, normalise_prefix, strip_prefix
+from .translate import join_prefix, strip_prefix
+from .upstream import CHUNK, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 #: What may be served from the document root without PHP: the web UI's assets.
 STATIC_EXTENSIONS = frozenset({".js", ".css", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".ico", ".webp",
@@ -43,7 +43,7 @@ class FastCGIUpstream:
         self.client = fastcgi.FastCGIClient(config.upstream_url, config.upstream_connect_timeout,
                                             config.upstream_read_timeout)
         self.document_root = os.path.realpath(config.upstream_document_root)
-        self.prefix = normalise_prefix(config.upstream_prefix)
+        self.prefix = config.upstream_prefix
         self.script_name = join_prefix(self.prefix, "/index.php")
 
     def send(self, method: str, uri: str, headers: list[tuple[str, str]], body=None) -> UpstreamResponse:
@@ -115,3 +115,6 @@ class FastCGIUpstream:
                     yield data
 
         return UpstreamResponse(200, "OK", headers, chunks(), handle.close)
+
+    def close(self) -> None:
+        """Nothing to release: each request has a connection of its own."""

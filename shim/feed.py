@@ -5,10 +5,10 @@
 server-side cursor and yields the body in chunks as rows arrive, so memory does
 not grow with the number of rows.
 
-The rules (``shared/spec/changes-feed.md``) follow the legacy
-``ChangesTracker::switchActions`` loop, quirks included: rows grouped by node
-rather than in seq order, the ``last_seq`` that can go down after a filtered
-node, ``substr()`` returning ``false`` on a too-short path.
+The rules (``docs/feed.md``) follow the legacy ``ChangesTracker::switchActions``
+loop, quirks included: rows grouped by node rather than in seq order, the
+``last_seq`` that can go down after a filtered node, ``substr()`` returning
+``false`` on a too-short path.
 """
 
 from __future__ import annotations
@@ -134,23 +134,11 @@ def feed_query(identifier: str, seq: int, filter_value: str | None):
     return statement.params(values)
 
 
-_MAX_SEQ = sa.select(sa.func.max(db.changes.c.seq))
-
-
-def max_seq(conn) -> int:
-    """``MAX(seq)`` over the whole table, 0 when it is empty."""
-    return int(conn.execute(_MAX_SEQ).scalar() or 0)
-
-
 def _to_int(value):
     return None if value is None else int(value)
 
 
-def _to_text(value):
-    """A text column as str: SQLite may hand back a BLOB, read as UTF-8 (invalid bytes escaped)."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", "surrogateescape")
-    return value
+_to_text = db.as_text
 
 
 def make_row(r) -> dict:
@@ -317,7 +305,6 @@ class FeedStream:
         self.params = params
         self.recycle_bin = recycle_bin
         self.rows_sent = 0
-        self.skipped = 0
         self._exhausted = False
         self.very_last = 0  # MAX(seq) of the table read, once known
         self._conn = None
@@ -325,7 +312,7 @@ class FeedStream:
         self._reset = False
         try:
             self._conn = engine.connect()
-            very_last = self.very_last = max_seq(self._conn)
+            very_last = self.very_last = db.max_seq(self._conn)
             if very_last > 0 and params.seq > very_last:
                 self._reset = True
                 self._release()
@@ -340,12 +327,11 @@ class FeedStream:
             self._result = streaming.execute(*feed_query_and_values(identifier, params.seq, params.filter))
         except sa.exc.SQLAlchemyError as exc:
             self._release()
-            raise FeedError(str(exc).splitlines()[0]) from exc
+            raise FeedError(db.first_line(exc)) from exc
 
     def __iter__(self):
         if self._reset:
             yield reset_body(self.params.stream)
-            self._finish()
             return
         separator = "\n" if self.params.stream else ","
         out = [] if self.params.stream else ['{"changes":[']
@@ -358,7 +344,6 @@ class FeedStream:
                 if not _printable(row):
                     # PHP's json_encode fails on invalid UTF-8 and prints nothing
                     # for the row; printing nothing at all keeps the output valid.
-                    self.skipped += 1
                     log.warning("feed: skipped change seq=%s node_id=%s: a path is not valid UTF-8", row["seq"], row["node_id"])
                     continue
                 text = json_encode(row)
@@ -382,14 +367,11 @@ class FeedStream:
         except sa.exc.SQLAlchemyError as exc:
             # The body is already under way: end it without a LAST_SEQ line so the
             # client can never take a partial answer for a complete one.
-            log.error("feed: database error after %d rows: %s", self.rows_sent, str(exc).splitlines()[0])
+            log.error("feed: database error after %d rows: %s", self.rows_sent, db.first_line(exc))
             self._release()
             raise FeedError("database error while streaming") from exc
         out.append(f"\nLAST_SEQ:{last_seq}" if self.params.stream else f'], "last_seq":{last_seq}}}')
         yield "".join(out).encode("ascii")
-        self._finish()
-
-    def _finish(self):
         self._release()
 
     def _release(self):

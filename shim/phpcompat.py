@@ -1,8 +1,11 @@
-"""The few PHP behaviours the shim must reproduce exactly.
+"""The PHP behaviours the shim must reproduce exactly, each in one place.
 
 Each function mirrors one PHP built-in as Pydio 8 uses it (PHP 7 semantics), so
-that the shim decides and prints what the legacy server would.  They are written
-here because no Python library reproduces these PHP details.
+that the shim decides and prints what the legacy server would.  They are
+written by hand because no Python library reproduces these PHP details:
+Werkzeug and :mod:`urllib.parse` decode queries as UTF-8 text with replacement
+characters where PHP keeps raw bytes, and :mod:`json` escapes differently from
+``json_encode``.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ _ALNUM = re.compile(r"[^A-Za-z0-9_.\-]")
 
 PHP_INT_MAX = 2**63 - 1
 PHP_INT_MIN = -(2**63)
+#: PHP ``trim()``'s default character set.
+TRIM_CHARS = " \t\n\r\0\x0b"
 
 
 def intval(value: str) -> int:
     """PHP ``intval()`` of a string: the leading integer, 0 when there is none.
 
     Values beyond the 64-bit range saturate, as PHP 7 does for numeric strings.
+    (PHP 7.1+ also reads ``"1e3"`` as 1000; callers that may meet such forms
+    forward them instead, see :func:`shim.feed.parse_feed_params`.)
     """
     match = _LEADING_INT.match(value)
     if not match:
@@ -41,6 +48,46 @@ def parse_seq(value: str) -> int:
     return intval(sanitize_alphanum(value))
 
 
+def urldecode_bytes(text: str | bytes) -> bytes:
+    """PHP ``urldecode()``: ``+`` is a space, ``%XX`` a byte; the result as raw bytes.
+
+    *text* may be a WSGI string (raw bytes held as latin-1 characters) or bytes.
+    """
+    raw = text.encode("latin-1", "replace") if isinstance(text, str) else text
+    return unquote_to_bytes(raw.replace(b"+", b" "))
+
+
+def urldecode(text: str | bytes) -> str:
+    """PHP ``urldecode()`` read as UTF-8; bytes that are not UTF-8 kept as surrogate escapes."""
+    return urldecode_bytes(text).decode("utf-8", "surrogateescape")
+
+
+def parse_query(query: str | bytes) -> list[tuple[str, str]]:
+    """Query or form pairs decoded as PHP fills ``$_GET`` / ``$_POST`` (``+`` is a space, UTF-8).
+
+    Names are kept as sent after decoding: a name PHP would rewrite (``a.b``
+    becomes ``a_b``, ``a[]`` an array) is not a parameter the shim knows, so
+    the request is forwarded rather than read here.
+    """
+    text = query.decode("latin-1") if isinstance(query, bytes) else query
+    pairs = []
+    for part in text.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((urldecode(name), urldecode(value)))
+    return pairs
+
+
+def php_param_name(name: str) -> str:
+    """The key PHP files a decoded parameter name under: ``.`` and spaces become ``_``, ``[...]`` dropped."""
+    return name.replace(".", "_").replace(" ", "_").split("[", 1)[0]
+
+
+def trim(text: str) -> str:
+    """PHP ``trim()`` with its default characters."""
+    return text.strip(TRIM_CHARS)
+
+
 def json_encode(value) -> str:
     """PHP ``json_encode()`` with default flags.
 
@@ -50,8 +97,16 @@ def json_encode(value) -> str:
     after encoding is exact.
     """
     text = json.dumps(value, ensure_ascii=True, separators=(",", ":")).replace("/", "\\/")
-    # PHP writes DEL (U+007F) as is; Python escapes it.  Only an escape that is
-    # not itself preceded by an escaped backslash is one.
+    return fix_escaped_del(text)
+
+
+def json_string(text: str) -> str:
+    """One string as PHP's ``json_encode`` writes it, quotes included."""
+    return fix_escaped_del(json.dumps(text, ensure_ascii=True).replace("/", "\\/"))
+
+
+def fix_escaped_del(text: str) -> str:
+    """PHP writes DEL (U+007F) as is, Python escapes it: undo the escape (not an escaped backslash's)."""
     return _ESCAPED_DEL.sub(lambda m: m.group(1) + "\x7f", text) if "\\u007f" in text else text
 
 
@@ -69,11 +124,6 @@ def is_valid_utf8_text(value) -> bool:
     return True
 
 
-def urldecode_bytes(text: str) -> bytes:
-    """PHP ``urldecode()``: ``+`` is a space, ``%XX`` a byte; result as raw bytes."""
-    return unquote_to_bytes(text.replace("+", " "))
-
-
 def signed_uri(path: str) -> str:
     """The string a key-store token signature covers, from a request path.
 
@@ -87,6 +137,23 @@ def signed_uri(path: str) -> str:
     encoded = [quote(urldecode_bytes(s), safe="-_.~") for s in segments]
     return "/".join(encoded).replace("~", "%7E")
 
+
+def signed_path_is_utf8(path: str) -> bool:
+    """True when every ``urldecode``d segment of *path* is valid UTF-8.
+
+    The legacy server converts a segment that is not UTF-8 before re-encoding
+    it; that guess is not reproduced, so such a signature is left to it.
+    """
+    try:
+        raw = path.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    for segment in raw.split(b"/"):
+        try:
+            urldecode_bytes(segment).decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
 
 
 def equals_null(value: str | None) -> bool:

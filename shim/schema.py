@@ -1,8 +1,15 @@
-"""``pydio-shim install-schema``: the meta.syncable tables, triggers and feed index.
+"""The meta.syncable tables, triggers and feed index, and ``pydio-shim install-schema``.
 
-What is missing is created, nothing existing is altered or dropped, so running
-it twice is harmless (the second run does nothing).  The statements come from
-:mod:`shim.db` (one variant per engine, matching Pydio's own).
+The DDL is kept per engine because triggers cannot be expressed portably; it
+behaves exactly like Pydio's own (insert -> ``create``, delete -> ``delete``,
+update -> ``content`` when the path is unchanged, compared byte for byte, else
+``path``).  What is missing is created, nothing existing is altered or
+dropped, so running it twice is harmless (the second run does nothing).
+
+One deliberate difference on MySQL/MariaDB: tables created here use ``utf8mb4``
+(Pydio shipped ``utf8``, i.e. three-byte UTF-8, which cannot store astral
+characters such as emoji).  Collation stays case-insensitive like Pydio's, so
+``LIKE`` behaves the same.  Existing tables are never altered.
 
 The optional index on ``ajxp_changes (repository_identifier, seq)`` serves the
 feed's ``WHERE repository_identifier = ? AND seq > ?``: without it every poll
@@ -21,6 +28,231 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from . import db, feed
+from .db import SYNCABLE_TABLES, TRIGGER_NAMES, dialect_of, installed_tables
+
+# --- the meta.syncable tables and triggers, per engine -----------------------------
+
+_MYSQL_SYNCABLE = [
+    """CREATE TABLE IF NOT EXISTS ajxp_changes (
+  seq INT(20) NOT NULL AUTO_INCREMENT,
+  repository_identifier TEXT NOT NULL,
+  node_id BIGINT(20) NOT NULL,
+  type ENUM('create','delete','path','content') NOT NULL,
+  source TEXT NOT NULL,
+  target TEXT NOT NULL,
+  PRIMARY KEY (seq),
+  KEY node_id (node_id, type)
+) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci""",
+    """CREATE TABLE IF NOT EXISTS ajxp_index (
+  node_id INT(20) NOT NULL AUTO_INCREMENT,
+  node_path TEXT NOT NULL,
+  bytesize BIGINT(20) NOT NULL,
+  md5 VARCHAR(32) NOT NULL,
+  mtime INT(11) NOT NULL,
+  repository_identifier TEXT NOT NULL,
+  PRIMARY KEY (node_id)
+) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci""",
+]
+
+_MYSQL_TRIGGERS = {
+    "LOG_DELETE": """CREATE TRIGGER LOG_DELETE AFTER DELETE ON ajxp_index
+FOR EACH ROW INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
+  VALUES (OLD.repository_identifier, OLD.node_id, OLD.node_path, 'NULL', 'delete')""",
+    "LOG_INSERT": """CREATE TRIGGER LOG_INSERT AFTER INSERT ON ajxp_index
+FOR EACH ROW INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
+  VALUES (NEW.repository_identifier, NEW.node_id, 'NULL', NEW.node_path, 'create')""",
+    "LOG_UPDATE": """CREATE TRIGGER LOG_UPDATE AFTER UPDATE ON ajxp_index
+FOR EACH ROW INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
+  VALUES (NEW.repository_identifier, NEW.node_id, OLD.node_path, NEW.node_path,
+          CASE WHEN BINARY OLD.node_path = BINARY NEW.node_path THEN 'content' ELSE 'path' END)""",
+}
+
+_PG_SYNCABLE = [
+    """DO $$ BEGIN
+  CREATE TYPE ajxp_change_type AS ENUM ('create','delete','path','content');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
+    """CREATE TABLE IF NOT EXISTS ajxp_changes (
+  seq BIGSERIAL PRIMARY KEY,
+  repository_identifier TEXT NOT NULL,
+  node_id INTEGER NOT NULL,
+  type ajxp_change_type NOT NULL,
+  source TEXT NOT NULL,
+  target TEXT NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS ajxp_changes_node_id ON ajxp_changes (node_id)",
+    "CREATE INDEX IF NOT EXISTS ajxp_changes_repo_id ON ajxp_changes (repository_identifier)",
+    "CREATE INDEX IF NOT EXISTS ajxp_changes_type ON ajxp_changes (type)",
+    """CREATE TABLE IF NOT EXISTS ajxp_index (
+  node_id BIGSERIAL PRIMARY KEY,
+  node_path TEXT NOT NULL,
+  bytesize BIGINT NOT NULL,
+  md5 VARCHAR(32) NOT NULL,
+  mtime INTEGER NOT NULL,
+  repository_identifier TEXT NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS ajxp_index_repo_id ON ajxp_index (repository_identifier)",
+    "CREATE INDEX IF NOT EXISTS ajxp_index_md5 ON ajxp_index (md5)",
+    """CREATE OR REPLACE FUNCTION ajxp_index_delete() RETURNS trigger AS $body$
+BEGIN
+  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
+    VALUES (OLD.repository_identifier, OLD.node_id, OLD.node_path, 'NULL', 'delete');
+  RETURN NULL;
+END; $body$ LANGUAGE plpgsql""",
+    """CREATE OR REPLACE FUNCTION ajxp_index_insert() RETURNS trigger AS $body$
+BEGIN
+  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
+    VALUES (NEW.repository_identifier, NEW.node_id, 'NULL', NEW.node_path, 'create');
+  RETURN NEW;
+END; $body$ LANGUAGE plpgsql""",
+    """CREATE OR REPLACE FUNCTION ajxp_index_update() RETURNS trigger AS $body$
+BEGIN
+  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
+    VALUES (NEW.repository_identifier, NEW.node_id, OLD.node_path, NEW.node_path,
+            CASE WHEN OLD.node_path = NEW.node_path THEN 'content' ELSE 'path' END::ajxp_change_type);
+  RETURN NEW;
+END; $body$ LANGUAGE plpgsql""",
+]
+
+_PG_TRIGGERS = {
+    "LOG_DELETE": "CREATE TRIGGER LOG_DELETE AFTER DELETE ON ajxp_index FOR EACH ROW EXECUTE PROCEDURE ajxp_index_delete()",
+    "LOG_INSERT": "CREATE TRIGGER LOG_INSERT AFTER INSERT ON ajxp_index FOR EACH ROW EXECUTE PROCEDURE ajxp_index_insert()",
+    "LOG_UPDATE": "CREATE TRIGGER LOG_UPDATE AFTER UPDATE ON ajxp_index FOR EACH ROW EXECUTE PROCEDURE ajxp_index_update()",
+}
+
+_SQLITE_SYNCABLE = [
+    """CREATE TABLE IF NOT EXISTS ajxp_changes (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  repository_identifier TEXT,
+  node_id NUMERIC,
+  type TEXT,
+  source TEXT,
+  target TEXT
+)""",
+    """CREATE TABLE IF NOT EXISTS ajxp_index (
+  node_id INTEGER PRIMARY KEY AUTOINCREMENT,
+  repository_identifier TEXT,
+  node_path TEXT,
+  bytesize NUMERIC,
+  md5 TEXT,
+  mtime NUMERIC
+)""",
+]
+
+# SQLite has no CASE in trigger choice, so Pydio uses two update triggers;
+# "LOG_UPDATE" stands for the pair when checking what is installed.
+_SQLITE_TRIGGERS = {
+    "LOG_DELETE": ["""CREATE TRIGGER LOG_DELETE AFTER DELETE ON ajxp_index
+BEGIN
+  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
+    VALUES (old.repository_identifier, old.node_id, old.node_path, 'NULL', 'delete');
+END"""],
+    "LOG_INSERT": ["""CREATE TRIGGER LOG_INSERT AFTER INSERT ON ajxp_index
+BEGIN
+  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
+    VALUES (new.repository_identifier, new.node_id, 'NULL', new.node_path, 'create');
+END"""],
+    "LOG_UPDATE": ["""CREATE TRIGGER LOG_UPDATE_CONTENT AFTER UPDATE ON ajxp_index FOR EACH ROW
+WHEN old.node_path = new.node_path
+BEGIN
+  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
+    VALUES (new.repository_identifier, new.node_id, old.node_path, new.node_path, 'content');
+END""", """CREATE TRIGGER LOG_UPDATE_PATH AFTER UPDATE ON ajxp_index FOR EACH ROW
+WHEN old.node_path != new.node_path
+BEGIN
+  INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
+    VALUES (new.repository_identifier, new.node_id, old.node_path, new.node_path, 'path');
+END"""],
+}
+
+
+def table_statements(dialect: str) -> list[str]:
+    """``CREATE ... IF NOT EXISTS`` statements for the two meta.syncable tables."""
+    return {"mysql": _MYSQL_SYNCABLE, "postgresql": _PG_SYNCABLE, "sqlite": _SQLITE_SYNCABLE}[dialect]
+
+
+def trigger_statements(dialect: str, name: str) -> list[str]:
+    """The statements creating trigger *name* (one of :data:`TRIGGER_NAMES`)."""
+    if dialect == "mysql":
+        return [_MYSQL_TRIGGERS[name]]
+    if dialect == "postgresql":
+        return [_PG_TRIGGERS[name]]
+    return list(_SQLITE_TRIGGERS[name])
+
+
+def installed_triggers(conn) -> set[str]:
+    """Names (upper case, as in :data:`TRIGGER_NAMES`) of the triggers on ajxp_index."""
+    dialect = dialect_of(conn)
+    if dialect == "mysql":
+        rows = conn.execute(sa.text(
+            "SELECT trigger_name FROM information_schema.triggers "
+            "WHERE event_object_schema = DATABASE() AND event_object_table = 'ajxp_index'"))
+    elif dialect == "postgresql":
+        rows = conn.execute(sa.text(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = 'ajxp_index'::regclass"))
+    else:
+        rows = conn.execute(sa.text(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'ajxp_index'"))
+    found = {r[0].upper() for r in rows}
+    if dialect == "sqlite" and {"LOG_UPDATE_CONTENT", "LOG_UPDATE_PATH"} <= found:
+        found.add("LOG_UPDATE")
+    return found & set(TRIGGER_NAMES)
+
+
+def install_syncable_schema(conn) -> list[str]:
+    """Create whatever is missing of the meta.syncable tables and triggers.
+
+    Idempotent and never destructive: existing tables and triggers are kept as
+    they are.  Returns the statements it ran (for reports and ``--dry-run``).
+    """
+    ran = []
+    for statement in planned_statements(conn):
+        conn.execute(sa.text(statement).execution_options(no_parameters=True))
+        ran.append(statement)
+    return ran
+
+
+def planned_statements(conn) -> list[str]:
+    """The statements :func:`install_syncable_schema` would run now."""
+    dialect = dialect_of(conn)
+    tables = installed_tables(conn)
+    planned = []
+    if not set(SYNCABLE_TABLES) <= tables:
+        planned.extend(table_statements(dialect))
+    # Triggers live on ajxp_index: whenever it exists, keep the ones it has, even
+    # when ajxp_changes is the missing table (re-creating one would fail).
+    triggers = installed_triggers(conn) if "ajxp_index" in tables else set()
+    for name in TRIGGER_NAMES:
+        if name not in triggers:
+            statements = trigger_statements(dialect, name)
+            if dialect == "postgresql" and set(SYNCABLE_TABLES) <= tables:
+                # A PostgreSQL trigger calls a function that a damaged install may
+                # lack; an existing one is kept as it is.
+                statements = _pg_missing_function(conn, name) + statements
+            if dialect == "sqlite" and name == "LOG_UPDATE":
+                present = _sqlite_trigger_names(conn)
+                statements = [s for s in statements if s.split()[2].upper() not in present]
+            planned.extend(statements)
+    return planned
+
+
+_PG_FUNCTIONS = {"LOG_DELETE": "ajxp_index_delete", "LOG_INSERT": "ajxp_index_insert",
+                 "LOG_UPDATE": "ajxp_index_update"}
+
+
+def _pg_missing_function(conn, trigger: str) -> list[str]:
+    """The statement creating *trigger*'s function when it does not exist, else nothing."""
+    function = _PG_FUNCTIONS[trigger]
+    if conn.execute(sa.text("SELECT to_regprocedure(:f)"), {"f": function + "()"}).scalar() is not None:
+        return []
+    return [s for s in _PG_SYNCABLE if s.startswith(f"CREATE OR REPLACE FUNCTION {function}()")]
+
+
+def _sqlite_trigger_names(conn) -> set[str]:
+    rows = conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
+    return {r[0].upper() for r in rows}
+
+
+# --- the feed index --------------------------------------------------------------------
 
 INDEX_NAME = "ajxp_changes_repo_seq"
 INDEX_COLUMNS = ("repository_identifier", "seq")
@@ -43,7 +275,7 @@ def feed_index(conn) -> str | None:
 
     Any name counts: an operator may have created an equivalent one by hand.
     """
-    if "ajxp_changes" not in db.installed_tables(conn):
+    if "ajxp_changes" not in installed_tables(conn):
         return None
     # An interrupted CONCURRENTLY build leaves an invalid index that queries do
     # not use: it does not count.
@@ -56,7 +288,7 @@ def feed_index(conn) -> str | None:
 
 def invalid_pg_index(conn) -> bool:
     """True when PostgreSQL holds an invalid (interrupted) build of the feed index."""
-    if db.dialect_of(conn) != "postgresql":
+    if dialect_of(conn) != "postgresql":
         return False
     row = conn.execute(sa.text(
         "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
@@ -81,8 +313,8 @@ class Plan:
 
 def plan(conn, with_index: bool = False) -> Plan:
     """The statements that would bring the database up to date (nothing is run)."""
-    dialect = db.dialect_of(conn)
-    result = Plan(dialect, schema=db.planned_statements(conn))
+    dialect = dialect_of(conn)
+    result = Plan(dialect, schema=planned_statements(conn))
     if with_index:
         result.index_present = feed_index(conn)
         result.index_invalid = invalid_pg_index(conn)
@@ -93,7 +325,7 @@ def plan(conn, with_index: bool = False) -> Plan:
 
 def sample_poll(conn) -> tuple[str, int]:
     """A typical poll to explain: the most recently changed identifier, the last 100 changes."""
-    if "ajxp_changes" not in db.installed_tables(conn):
+    if "ajxp_changes" not in installed_tables(conn):
         return "0", 0
     row = conn.execute(sa.select(db.changes.c.repository_identifier, db.changes.c.seq)
                        .order_by(db.changes.c.seq.desc()).limit(1)).first()
@@ -104,7 +336,7 @@ def sample_poll(conn) -> tuple[str, int]:
 
 def explain_feed_query(conn, identifier: str, seq: int) -> list[str]:
     """The engine's plan for :func:`shim.feed.feed_query`, one line per plan row."""
-    dialect = db.dialect_of(conn)
+    dialect = dialect_of(conn)
     sql = str(feed.feed_query(identifier, seq, None).compile(
         dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
     if dialect == "sqlite":
@@ -141,7 +373,7 @@ def install(engine, with_index: bool = False, dry_run: bool = False, out=print) 
     with engine.connect() as conn:
         todo = plan(conn, with_index)
         sample = sample_poll(conn) if with_index else None
-        before = explain_feed_query(conn, *sample) if with_index and "ajxp_changes" in db.installed_tables(conn) \
+        before = explain_feed_query(conn, *sample) if with_index and "ajxp_changes" in installed_tables(conn) \
             else None
     terminator = ";"
     if dry_run:

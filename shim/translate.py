@@ -1,10 +1,11 @@
-"""Public <-> upstream: paths, URLs, headers and signed tokens.
+"""Public <-> upstream: paths, URLs, redirects, cookies and web UI bodies.
 
 The shim is mounted at a *public prefix* (from configuration, a trusted
 ``X-Forwarded-Prefix``, or gunicorn's ``SCRIPT_NAME``) and the legacy server
 lives at an *upstream prefix*; either may be ``/``.  Everything that crosses
-between the two spaces goes through this module, so that a broken subpath
-install becomes usable without touching PHP.
+between the two spaces goes through this module (and :mod:`shim.resign` for
+signed key-store tokens), so that a broken subpath install becomes usable
+without touching PHP.
 
 Paths are handled as the raw strings the client sent (``RAW_URI``), never
 decoded and re-encoded, so ``%2F``, ``+`` and non-ASCII bytes reach the legacy
@@ -14,16 +15,8 @@ server exactly as sent.
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
-
-from . import auth
-
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-    "proxy-authenticate", "proxy-authorization", "proxy-connection",
-})
 
 _SLASHES = re.compile(r"/{2,}")
 
@@ -57,21 +50,27 @@ def split_uri(uri: str) -> tuple[str, str | None]:
 
 
 def normalise_prefix(prefix: str | None) -> str:
-    """``""`` for the root, else ``/a/b`` (one leading slash, none trailing)."""
+    """The canonical prefix form: ``""`` for the root, else ``/a/b`` (one leading slash, none trailing).
+
+    The configuration is put in this form once, by :func:`shim.config.load`;
+    prefixes learnt from a request (``X-Forwarded-Prefix``, ``SCRIPT_NAME``)
+    are put in it here.
+    """
     if not prefix:
         return ""
     stripped = _SLASHES.sub("/", prefix).strip("/")
     return "/" + stripped if stripped else ""
 
 
-def public_prefix(environ, configured: str, trusted: bool) -> str:
+def public_prefix(environ, configured: str | None, trusted: bool) -> str:
     """Where the shim is mounted, as clients see it.
 
-    Configuration wins; then ``X-Forwarded-Prefix`` from a trusted proxy; then
-    ``SCRIPT_NAME`` (gunicorn sets it from its own ``SCRIPT_NAME`` setting).
+    Configuration wins (``None``: not configured); then ``X-Forwarded-Prefix``
+    from a trusted proxy; then ``SCRIPT_NAME`` (gunicorn sets it from its own
+    ``SCRIPT_NAME`` setting).
     """
-    if configured:
-        return normalise_prefix(configured)
+    if configured is not None:
+        return configured
     forwarded = environ.get("HTTP_X_FORWARDED_PREFIX")
     if forwarded and trusted:
         return normalise_prefix(forwarded.split(",")[0].strip())
@@ -81,8 +80,9 @@ def public_prefix(environ, configured: str, trusted: bool) -> str:
 def strip_prefix(path: str, prefix: str) -> str | None:
     """*path* relative to *prefix* (always starting with ``/``), or None when outside it.
 
-    Duplicate slashes are tolerated, and collapsed, only inside the prefix part:
-    ``//pydio//api/x`` under ``/pydio`` is ``/api/x``; the rest is kept as sent.
+    Duplicate slashes are tolerated inside the prefix part only; the rest is
+    kept exactly as sent: ``/pydio//api/x`` under ``/pydio`` is ``//api/x``,
+    a path PHP does not route, so the shim must not read it as ``/api/x``.
     """
     if not prefix:
         return path if path.startswith("/") else "/" + path
@@ -95,10 +95,7 @@ def strip_prefix(path: str, prefix: str) -> str | None:
         position += len(segment)
         if position < len(path) and path[position] != "/":
             return None
-    rest = path[position:]
-    if rest.startswith("//"):
-        rest = "/" + rest.lstrip("/")
-    return rest or "/"
+    return path[position:] or "/"
 
 
 def join_prefix(prefix: str, app_path: str) -> str:
@@ -108,7 +105,7 @@ def join_prefix(prefix: str, app_path: str) -> str:
 
 def upstream_uri(app_path: str, query: str | None, upstream_prefix: str) -> str:
     """The request target to send upstream for a request to *app_path* (``query`` None: no ``?``)."""
-    path = join_prefix(normalise_prefix(upstream_prefix), app_path)
+    path = join_prefix(upstream_prefix, app_path)
     return path if query is None else path + "?" + query
 
 
@@ -191,121 +188,6 @@ def rewrite_response_headers(headers: list[tuple[str, str]], mapping: Mapping) -
             value = mapping.rewrite_set_cookie(value)
         out.append((name, value))
     return out
-
-
-def replace_query_param(query: str, name: str, value: str) -> str:
-    """*query* with parameter *name* set to *value* (URL-encoded); other bytes untouched."""
-    encoded = quote(value, safe="")
-    parts = query.split("&") if query else []
-    for i, part in enumerate(parts):
-        if part.split("=", 1)[0] == name:
-            parts[i] = f"{name}={encoded}"
-            return "&".join(parts)
-    parts.append(f"{name}={encoded}")
-    return "&".join(parts)
-
-
-def resign_query(query: str, token: str, private: str, upstream_path: str) -> str:
-    """The query with ``auth_hash`` re-signed (fresh nonce) for *upstream_path*."""
-    return replace_query_param(query, "auth_hash", auth.sign(token, private, upstream_path))
-
-
-# --- key-store tokens across prefixes -------------------------------------------------
-
-#: How much of a request body is searched for ``auth_hash`` (form fields come first).
-TOKEN_SEARCH_BYTES = 64 * 1024
-
-_FORM_VALUE = {
-    "urlencoded": lambda name: re.compile(rb"(?:^|&)" + name + rb"=([^&]*)"),
-    "multipart": lambda name: re.compile(rb'name="' + name + rb'"\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]*)\r?\n'),
-}
-
-
-def _same_length_hash(token: str, private: str, upstream_path: str, old_hash: str) -> str:
-    """A fresh ``nonce:hash`` for *upstream_path* exactly as long as *old_hash*.
-
-    Same length, so a body carrying it keeps its ``Content-Length`` and can be
-    patched while it streams.
-    """
-    nonce_length = max(1, len(old_hash) - 65)
-    nonce = secrets.token_hex(nonce_length)[:nonce_length]
-    return f"{nonce}:{auth.token_hash(token, upstream_path, nonce, private)}"
-
-
-def resign_query_if_valid(query: str, public_path: str, upstream_path: str, keystore) -> str:
-    """*query* with ``auth_hash`` re-signed for *upstream_path* when it is valid for *public_path*.
-
-    An invalid or unknown token is left untouched for the legacy server to refuse.
-    """
-    from urllib.parse import parse_qsl
-    pairs = dict(parse_qsl(query, keep_blank_values=True))
-    credentials = auth.token_credentials(pairs)
-    if credentials is None:
-        return query
-    found = keystore.lookup(credentials.token)
-    if found is None or not auth.hash_is_valid(credentials.token, credentials.auth_hash, public_path, found[1]):
-        return query
-    return resign_query(query, credentials.token, found[1], upstream_path)
-
-
-def resign_body_head(head: bytes, content_type: str, public_path: str, upstream_path: str, keystore) -> bytes:
-    """The first bytes of a form body with ``auth_hash`` re-signed in place (same length).
-
-    Handles ``application/x-www-form-urlencoded`` and ``multipart/form-data``
-    bodies whose ``auth_token``/``auth_hash`` fields lie within *head*.
-    """
-    kind = "multipart" if content_type.startswith("multipart/form-data") else (
-        "urlencoded" if content_type.startswith("application/x-www-form-urlencoded") else None)
-    if kind is None:
-        return head
-    token_match = _FORM_VALUE[kind](rb"auth_token").search(head)
-    hash_match = _FORM_VALUE[kind](rb"auth_hash").search(head)
-    if not token_match or not hash_match:
-        return head
-    from urllib.parse import unquote_to_bytes
-    decode = (lambda raw: unquote_to_bytes(raw.replace(b"+", b" "))) if kind == "urlencoded" else (lambda raw: raw)
-    try:
-        token = decode(token_match.group(1)).decode("ascii")
-        old_hash = decode(hash_match.group(1)).decode("ascii")
-    except UnicodeDecodeError:
-        return head
-    credentials = auth.token_credentials({"auth_token": token, "auth_hash": old_hash})
-    if credentials is None:
-        return head
-    found = keystore.lookup(token)
-    if found is None or not auth.hash_is_valid(token, old_hash, public_path, found[1]):
-        return head
-    new_hash = _same_length_hash(token, found[1], upstream_path, old_hash)
-    raw_old = hash_match.group(1)
-    # Keep the client's encoding of ':' so the field keeps its byte length.
-    colon = b"%3A" if (b"%3A" in raw_old or b"%3a" in raw_old) else b":"
-    raw_new = new_hash.encode().replace(b":", colon, 1)
-    if len(raw_new) != len(raw_old):
-        return head
-    start, end = hash_match.span(1)
-    return head[:start] + raw_new + head[end:]
-
-
-class HeadReplacedReader:
-    """A sized body whose first bytes were replaced (same length), the rest streamed."""
-
-    def __init__(self, head: bytes, rest, length: int):
-        self.head = head
-        self.rest = rest
-        self.length = length
-
-    def __len__(self):
-        return self.length
-
-    def read(self, size: int = 65536) -> bytes:
-        if self.head:
-            chunk, self.head = self.head[:size], self.head[size:]
-            return chunk
-        return self.rest.read(size)
-
-    def __iter__(self):
-        while chunk := self.read(65536):
-            yield chunk
 
 
 # --- absolute URLs inside web UI bodies ---------------------------------------------

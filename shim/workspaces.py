@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from dataclasses import dataclass
 
 import phpserialize
 import sqlalchemy as sa
 
 from . import db
+from .cache import TTLCache
 from .config import BuiltinWorkspace
 
 log = logging.getLogger(__name__)
@@ -61,22 +60,29 @@ def scope_of(path: str, container: str, access_type: str) -> str:
     return ""
 
 
+class OptionError(ValueError):
+    """A workspace option cannot be decoded: the shim does not guess, the legacy server answers."""
+
+
 def decode_option(raw) -> object:
-    """An ``ajxp_repo_options.val``: plain string, or ``$phpserial$``/``$json$`` + encoded value."""
+    """An ``ajxp_repo_options.val``: plain string, or ``$phpserial$``/``$json$`` + encoded value.
+
+    Raises :class:`OptionError` for a value that does not decode.
+    """
     if raw is None:
         return ""
-    if isinstance(raw, memoryview):
-        raw = bytes(raw)
-    text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
-    if text.startswith("$phpserial$"):
-        try:
-            return phpserialize.loads(text[len("$phpserial$"):].encode("utf-8"), decode_strings=True)
-        except ValueError:
-            log.warning("workspaces: an option could not be unserialized; treating the workspace as unknown")
-            raise
-    if text.startswith("$json$"):
-        return json.loads(text[len("$json$"):])
-    return text
+    data = db.as_bytes(raw)
+    try:
+        if data.startswith(b"$phpserial$"):
+            return phpserialize.loads(data[len(b"$phpserial$"):], decode_strings=True)
+        if data.startswith(b"$json$"):
+            return json.loads(data[len(b"$json$"):])
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        # phpserialize raises any of these on a truncated or corrupt value.
+        log.warning("workspaces: an option could not be decoded (%s); the legacy server answers for it",
+                    exc.__class__.__name__)
+        raise OptionError(str(exc)) from None
+    return data.decode("utf-8", "replace")
 
 
 def is_syncable(meta_sources) -> bool:
@@ -99,30 +105,23 @@ def from_builtin(ws: BuiltinWorkspace) -> Workspace:
 class WorkspaceResolver:
     """Finds workspaces by id or slug; thread-safe, with a small TTL cache."""
 
-    def __init__(self, engine, builtins, ttl: float = 10.0, max_entries: int = 1000):
+    def __init__(self, engine, builtins, ttl: float = 10.0, max_entries: int = 1000, clock=None):
         self.engine = engine
         self.builtins = [from_builtin(w) for w in builtins]
         self.ttl = ttl
-        self.max_entries = max_entries
-        self._cache: dict[str, tuple[float, Workspace | None]] = {}
-        self._lock = threading.Lock()
+        self._cache = TTLCache(max_entries, clock)
 
     def resolve(self, key: str) -> Workspace | None:
         """The workspace named *key* (id or slug), or None when there is none.
 
         Raises :class:`sqlalchemy.exc.SQLAlchemyError` when the database fails and
-        :class:`ValueError` when its options cannot be read; callers forward then.
+        :class:`OptionError` when its options cannot be read; callers forward then.
         """
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit and now - hit[0] < self.ttl:
-            return hit[1]
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit[0]
         found = self._lookup(key)
-        with self._lock:
-            if len(self._cache) >= self.max_entries:
-                self._cache.clear()
-            self._cache[key] = (now, found)
+        self._cache.put(key, (found,), self.ttl)
         return found
 
     def _lookup(self, key: str) -> Workspace | None:

@@ -18,8 +18,9 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from shim import db
-from shim.standin import LegacyStandin, ServerThread
+from shim import db, schema
+from shim.demo.standin import LegacyStandin
+from shim.demo.stack import ServerThread
 
 MYSQL_ADMIN_URL = os.environ.get("SHIM_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/")
 PG_ADMIN_URL = os.environ.get("SHIM_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -84,7 +85,7 @@ def db_url(empty_db_url):
     engine = db.create_engine(empty_db_url)
     with engine.begin() as conn:
         db.create_conf_tables(conn)
-        db.install_syncable_schema(conn)
+        schema.install_syncable_schema(conn)
     engine.dispose()
     return empty_db_url
 

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import USERS
 from shim import config as config_module, wsgi
-from shim.standin import ServerThread
+from shim.demo.stack import ServerThread
 
 ALICE = ("alice", USERS["alice"][0])
 
@@ -33,7 +33,7 @@ def serve():
         app = wsgi.create_app(config)
         server = ServerThread(app).start()
         started.append((server, app))
-        return server.url + config.public_prefix
+        return server.url + (config.public_prefix or "")
 
     yield start
     for server, app in started:
@@ -77,10 +77,10 @@ def test_health_names_an_upstream_that_is_down(db_url, serve):
 
 @pytest.mark.parametrize("engine_name", ["postgresql"])
 def test_health_checks_the_feed_replica(standin, db_url, serve):
-    status, body = health(serve(standin.url, db_url, feed_database_url=db_url))
+    status, body = health(serve(standin.url, db_url, database_feed_url=db_url))
     assert (status, body["checks"]) == (200, {"database": "ok", "feed_database": "ok", "upstream": "ok"})
     replica = f"postgresql+psycopg2://postgres@127.0.0.1:{closed_port()}/pydio"
-    status, body = health(serve(standin.url, db_url, feed_database_url=replica))
+    status, body = health(serve(standin.url, db_url, database_feed_url=replica))
     assert status == 503
     assert body["checks"]["database"] == "ok" and body["checks"]["upstream"] == "ok"
     assert body["checks"]["feed_database"].startswith("failed: ")
@@ -88,7 +88,7 @@ def test_health_checks_the_feed_replica(standin, db_url, serve):
 
 @pytest.mark.parametrize("engine_name", ["sqlite"])
 def test_admin_paths_follow_the_public_prefix_and_settings(standin, db_url, serve):
-    url = serve(standin.url, db_url, public_prefix="/pydio", metrics_path="/internal/metrics", health_path="")
+    url = serve(standin.url, db_url, public_prefix="/pydio", admin_metrics_path="/internal/metrics", admin_health_path="")
     assert url.endswith("/pydio")
     metrics = requests.get(url + "/internal/metrics")
     assert metrics.status_code == 200 and "# HELP shim_feed_requests_total" in metrics.text

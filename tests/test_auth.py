@@ -27,8 +27,9 @@ import requests
 import sqlalchemy as sa
 
 from conftest import USERS
-from shim import auth, config, db, wsgi
-from shim.standin import NOT_AUTHORIZED, REALM_HEADER, ServerThread
+from shim import auth, authz, config, db, schema, wsgi
+from shim.demo.standin import NOT_AUTHORIZED, REALM_HEADER
+from shim.demo.stack import ServerThread
 
 FEED = "/api/{ws}/changes/{seq}"
 STREAM = {"stream": "true"}
@@ -135,7 +136,7 @@ def token_pair(base: str, login: str, device: str = "dev") -> dict:
 
 
 def probe_requests(standin) -> list[str]:
-    return [uri for _method, uri in standin.log if f"/changes/{auth.PROBE_SEQ}" in uri]
+    return [uri for _method, uri in standin.log if f"/changes/{authz.PROBE_SEQ}" in uri]
 
 
 def add_workspace(engine, slug: str, path: str, syncable: bool = True) -> str:
@@ -332,7 +333,7 @@ def test_unknown_workspaces_get_the_legacy_answer(standin, make_shim):
     # Workspace 0 is built into the shim's configuration, but this legacy install
     # does not know it: the probe gets the 200 text/xml "Could not find workspace"
     # answer, which is no "yes", so the request is forwarded (and nothing is cached).
-    standin.workspaces = [w for w in standin.workspaces if w.id != "0"]
+    standin.store.workspaces = [w for w in standin.store.workspaces if w.id != "0"]
     path = FEED.format(ws="0", seq=0)
     for attempt in range(3):
         before = len(standin.log)
@@ -340,7 +341,7 @@ def test_unknown_workspaces_get_the_legacy_answer(standin, make_shim):
         assert response.status_code == 200 and b"Could not find workspace with id/alias 0" in response.content
         assert not has_change_row(response.content)
         reached = [uri for _m, uri in list(standin.log)[before:]]
-        assert reached[0].startswith(f"/api/0/changes/{auth.PROBE_SEQ}")  # probed again every time
+        assert reached[0].startswith(f"/api/0/changes/{authz.PROBE_SEQ}")  # probed again every time
         assert reached[1].startswith(path)  # then the client's own request went upstream
     assert shim.authorizer.probes == probes + 3
 
@@ -483,7 +484,7 @@ def test_token_pair_from_the_shim_signs_feed_requests(standin, make_shim):
         assert expected_target in [r["target"] for r in stream_rows(response.content)]
         reached = [uri for _m, uri in list(standin.log)[before:]]
         # Served by the shim: the legacy server saw at most the probe, signed afresh for its own path.
-        assert all(f"/changes/{auth.PROBE_SEQ}" in uri for uri in reached), reached
+        assert all(f"/changes/{authz.PROBE_SEQ}" in uri for uri in reached), reached
         assert all(params["auth_hash"] not in uri for uri in reached)
         legacy = send(standin.url, method, wire_path, params)
         assert answer(response) == answer(legacy)
@@ -709,7 +710,7 @@ def test_a_lagging_replica_never_sends_the_client_back_to_zero(standin, db_url, 
     engine = db.create_engine(replica)
     with engine.begin() as conn:
         db.create_conf_tables(conn)
-        db.install_syncable_schema(conn)
+        schema.install_syncable_schema(conn)
     engine.dispose()
     environ = {"PYDIO_SHIM_UPSTREAM_URL": standin.url, "PYDIO_SHIM_DATABASE_URL": db_url,
                "PYDIO_SHIM_DATABASE_FEED_URL": replica}

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from conftest import USERS
 from shim import config, wsgi
-from shim.standin import ServerThread
+from shim.demo.stack import ServerThread
 
 PATHS = ["/api/0/changes/0", "/api/1/changes/0/", "/api/my-files/changes/2", "/api/default/changes/0"]
 HEX = "0123456789abcdefABCDEF"

@@ -21,9 +21,11 @@ import requests
 import sqlalchemy as sa
 
 from conftest import USERS
-from shim import cli, db, doctor, wsgi
+from shim import cli, db, doctor, schema, wsgi
 from shim import config as config_module
-from shim.standin import LegacyStandin, ServerThread, hash_password
+from shim.demo.pydio_store import hash_password
+from shim.demo.standin import LegacyStandin
+from shim.demo.stack import ServerThread
 
 DOCTOR_PASSWORD = USERS["alice"][0]
 
@@ -204,7 +206,7 @@ def _drop_trigger(database_url, name):
             conn.execute(sa.text(f"DROP TRIGGER {name} ON ajxp_index"))
         else:
             conn.execute(sa.text(f"DROP TRIGGER {name}"))
-        assert name not in db.installed_triggers(conn)
+        assert name not in schema.installed_triggers(conn)
     engine.dispose()
 
 

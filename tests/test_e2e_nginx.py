@@ -19,7 +19,8 @@ import requests
 
 from gunicorn_helpers import GunicornServer
 
-from shim.standin import LegacyStandin, ServerThread
+from shim.demo.standin import LegacyStandin
+from shim.demo.stack import ServerThread
 
 USER, PASSWORD = "alice", "alice-secret"
 

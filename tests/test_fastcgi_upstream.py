@@ -19,7 +19,7 @@ import requests
 from gunicorn_helpers import GunicornServer
 from phpfpm import php_fpm  # noqa: F401  (fixture)
 
-from shim import db
+from shim import db, schema
 
 
 @pytest.fixture(params=["unix", "tcp"])
@@ -28,7 +28,7 @@ def shim_on_fpm(request, php_fpm, tmp_path):  # noqa: F811
     engine = db.create_engine(database)
     with engine.begin() as conn:
         db.create_conf_tables(conn)
-        db.install_syncable_schema(conn)
+        schema.install_syncable_schema(conn)
     engine.dispose()
     (php_fpm.docroot / "plugins").mkdir(exist_ok=True)
     (php_fpm.docroot / "plugins" / "app.js").write_text("console.log('static');\n")

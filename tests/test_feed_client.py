@@ -29,7 +29,7 @@ import requests
 
 from conftest import USERS
 from shim import config as shim_config
-from shim.standin import ServerThread
+from shim.demo.stack import ServerThread
 from shim.wsgi import create_app
 
 # unicode_escape warns about PHP's "\/": it keeps the backslash, and json.loads reads "\/" as "/".

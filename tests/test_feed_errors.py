@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from conftest import USERS
 from shim import config as shim_config
 from shim import db, feed
-from shim.standin import ServerThread
+from shim.demo.stack import ServerThread
 from shim.wsgi import create_app
 
 ALICE = ("alice", USERS["alice"][0])
@@ -42,10 +42,10 @@ def closed_database_url(engine_name: str, tmp_path) -> str:
     return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/pydio"
 
 
-def serve_shim(standin, database_url: str, feed_database_url: str = ""):
+def serve_shim(standin, database_url: str, database_feed_url: str = ""):
     environ = {"PYDIO_SHIM_UPSTREAM_URL": standin.url, "PYDIO_SHIM_DATABASE_URL": database_url}
-    if feed_database_url:
-        environ["PYDIO_SHIM_DATABASE_FEED_URL"] = feed_database_url
+    if database_feed_url:
+        environ["PYDIO_SHIM_DATABASE_FEED_URL"] = database_feed_url
     app = create_app(shim_config.load(environ=environ))
     return app, ServerThread(app).start()
 

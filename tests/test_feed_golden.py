@@ -29,7 +29,8 @@ import sqlalchemy as sa
 from conftest import ENGINES, USERS, _create_database
 from shim import config as shim_config
 from shim import db
-from shim.standin import LegacyStandin, ServerThread
+from shim.demo.standin import LegacyStandin
+from shim.demo.stack import ServerThread
 from shim.wsgi import create_app
 
 M = 1_500_000_000  # mtime base

@@ -51,7 +51,8 @@ from hypothesis import strategies as st
 from conftest import ENGINES, USERS, _create_database
 from shim import config as shim_config
 from shim import db
-from shim.standin import LegacyStandin, ServerThread
+from shim.demo.standin import LegacyStandin
+from shim.demo.stack import ServerThread
 from shim.wsgi import create_app
 
 BIN = "/recycle_bin"

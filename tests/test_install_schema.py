@@ -48,7 +48,7 @@ def state(url):
     try:
         with engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
-            result = {"tables": tables, "triggers": db.installed_triggers(conn) if "ajxp_index" in tables else set(),
+            result = {"tables": tables, "triggers": schema.installed_triggers(conn) if "ajxp_index" in tables else set(),
                       "indexes": sorted((i["name"], tuple(i["column_names"]))
                                         for i in sa.inspect(conn).get_indexes("ajxp_changes"))
                       if "ajxp_changes" in tables else []}

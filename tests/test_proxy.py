@@ -30,7 +30,9 @@ import pytest
 from conftest import USERS
 from gunicorn_helpers import CONF, ROOT, GunicornServer
 from shim import config as config_module
+from shim import headers as header_policy
 from shim import proxy
+from shim.upstream import RequestRefused
 from shim.wsgi import create_app
 
 ALICE = "Basic " + base64.b64encode(f"alice:{USERS['alice'][0]}".encode()).decode()
@@ -486,13 +488,13 @@ def test_response_headers_filter():
     # The same filtering without gunicorn, which also drops some hop-by-hop
     # headers itself and would hide a gap in the shim's own list.
     parsed = http.client.parse_headers(io.BytesIO(RawUpstream.HOP_RESPONSE.split(b"\r\n", 1)[1]))
-    kept = proxy.response_headers(parsed.items())
+    kept = header_policy.response_headers(parsed.items())
     assert kept == [
         ("Content-Type", "text/plain"), ("Set-Cookie", "a=1; Path=/"), ("X-CamelCase-Header", "v1"),
         ("Set-Cookie", "b=2; Path=/; HttpOnly"), ("ETag", '"abc"'), ("WWW-Authenticate", 'Basic realm="Pydio API"'),
         ("Set-Cookie", "c=3"), ("Cache-Control", "no-cache"), ("Cache-Control", "private"),
     ]
-    assert proxy.response_headers([("Bad Name", "x"), ("X-Ok", "a\x00b"), ("X-Fine", "é")]) == [("X-Fine", "é")]
+    assert header_policy.response_headers([("Bad Name", "x"), ("X-Ok", "a\x00b"), ("X-Fine", "é")]) == [("X-Fine", "é")]
 
 
 def test_set_cookie_and_cookie_round_trip_through_the_login(shim, standin):
@@ -626,7 +628,7 @@ def test_dead_upstream_gives_502(standin):
         assert b"cannot connect to the legacy server" in answer.body
         assert len(answer.body) < 300
         # At level WARNING the error is logged, the access line is not.
-        assert wait_for_log(server, "ERROR shim: upstream unreachable for GET /api/0/ls/")
+        assert wait_for_log(server, "ERROR shim.proxy: upstream unreachable for GET /api/0/ls/")
         assert "shim.access" not in server.log()
     finally:
         server.stop()
@@ -771,7 +773,7 @@ def test_a_bad_setting_stops_gunicorn_at_once_with_one_line():
 
 def test_request_body_rejects_a_bad_content_length():
     for bad in ("-1", "1e3", "²", " 5"):
-        with pytest.raises(proxy.BadRequest):
+        with pytest.raises(RequestRefused):
             proxy.request_body({"CONTENT_LENGTH": bad, "wsgi.input": io.BytesIO(b"")})
-    assert proxy.request_body({"wsgi.input": io.BytesIO(b"")}) == (None, None)
-    assert proxy.request_body({"CONTENT_LENGTH": "0", "wsgi.input": io.BytesIO(b"")}) == (b"", 0)
+    assert proxy.request_body({"wsgi.input": io.BytesIO(b"")}) is None
+    assert proxy.request_body({"CONTENT_LENGTH": "0", "wsgi.input": io.BytesIO(b"")}) == b""

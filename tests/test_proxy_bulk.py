@@ -18,7 +18,8 @@ import time
 import pytest
 
 from gunicorn_helpers import GunicornServer, memory_kib
-from shim.standin import LegacyStandin, ServerThread
+from shim.demo.standin import LegacyStandin
+from shim.demo.stack import ServerThread
 
 GIB = 1024 * 1024 * 1024
 BLOCK = 1024 * 1024

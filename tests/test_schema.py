@@ -2,7 +2,7 @@
 
 import sqlalchemy as sa
 
-from shim import db
+from shim import db, schema
 
 
 def changes_rows(conn):
@@ -37,8 +37,8 @@ def test_each_trigger_writes_the_expected_change(db_url):
 def test_install_is_idempotent_and_reports_what_exists(db_url):
     engine = db.create_engine(db_url)
     with engine.begin() as conn:
-        assert db.planned_statements(conn) == []
-        assert db.installed_triggers(conn) == set(db.TRIGGER_NAMES)
+        assert schema.planned_statements(conn) == []
+        assert schema.installed_triggers(conn) == set(db.TRIGGER_NAMES)
         assert {"ajxp_changes", "ajxp_index"} <= db.installed_tables(conn)
-        assert db.install_syncable_schema(conn) == []
+        assert schema.install_syncable_schema(conn) == []
     engine.dispose()

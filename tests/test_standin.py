@@ -8,7 +8,7 @@ import secrets
 import requests
 import sqlalchemy as sa
 
-from shim.standin import php_signed_uri
+from shim.demo.standin import php_signed_uri
 
 
 def change_types(standin):

@@ -5,7 +5,7 @@ import hmac
 
 import pytest
 
-from shim import translate
+from shim import resign, translate
 from shim.phpcompat import signed_uri
 from shim.translate import Mapping
 
@@ -13,7 +13,8 @@ from shim.translate import Mapping
 @pytest.mark.parametrize("path,prefix,expected", [
     ("/api/0/ls", "", "/api/0/ls"),
     ("/pydio/api/0/ls", "/pydio", "/api/0/ls"),
-    ("//pydio//api/0/ls", "/pydio", "/api/0/ls"),
+    ("//pydio/api/0/ls", "/pydio", "/api/0/ls"),  # extra slashes tolerated inside the prefix part
+    ("/pydio//api/0/ls", "/pydio", "//api/0/ls"),  # ...never after it: PHP does not route that path
     ("/pydio", "/pydio", "/"),
     ("/pydio/", "/pydio", "/"),
     ("/pydiox/api", "/pydio", None),
@@ -28,9 +29,10 @@ def test_strip_prefix(path, prefix, expected):
 def test_public_prefix_sources():
     env = {"SCRIPT_NAME": "/mounted", "HTTP_X_FORWARDED_PREFIX": "/fromproxy/"}
     assert translate.public_prefix(env, "/configured", True) == "/configured"
-    assert translate.public_prefix(env, "", True) == "/fromproxy"
-    assert translate.public_prefix(env, "", False) == "/mounted"
-    assert translate.public_prefix({}, "", True) == ""
+    assert translate.public_prefix(env, "", True) == ""  # configured as the root
+    assert translate.public_prefix(env, None, True) == "/fromproxy"
+    assert translate.public_prefix(env, None, False) == "/mounted"
+    assert translate.public_prefix({}, None, True) == ""
 
 
 @pytest.mark.parametrize("pub,up", [("", ""), ("/pydio", ""), ("", "/pydio"), ("/pydio", "/legacy/pydio")])
@@ -84,13 +86,13 @@ def test_query_resigned_only_when_valid():
     ks = FakeKeyStore({"tok": ("alice", "priv")})
     good = client_hash("tok", "priv", "/pydio/api/0/ls/a")
     query = f"x=1&auth_token=tok&auth_hash={good}&y=2"
-    out = translate.resign_query_if_valid(query, "/pydio/api/0/ls/a", "/api/0/ls/a", ks)
+    out = resign.resign_query_if_valid(query, "/pydio/api/0/ls/a", "/api/0/ls/a", ks)
     new_hash = dict(p.split("=") for p in out.split("&"))["auth_hash"].replace("%3A", ":")
     assert out.startswith("x=1&auth_token=tok&auth_hash=") and out.endswith("&y=2")
     assert verifies("tok", "priv", "/api/0/ls/a", new_hash)
     bad = client_hash("tok", "priv", "/pydio/api/0/ls/other")
     query = f"auth_token=tok&auth_hash={bad}"
-    assert translate.resign_query_if_valid(query, "/pydio/api/0/ls/a", "/api/0/ls/a", ks) == query
+    assert resign.resign_query_if_valid(query, "/pydio/api/0/ls/a", "/api/0/ls/a", ks) == query
 
 
 @pytest.mark.parametrize("kind", ["urlencoded", "multipart"])
@@ -105,7 +107,7 @@ def test_body_head_resigned_in_place(kind):
         body = (f'--XyZ\r\nContent-Disposition: form-data; name="auth_token"\r\n\r\ntok\r\n'
                 f'--XyZ\r\nContent-Disposition: form-data; name="auth_hash"\r\n\r\n{good}\r\n'
                 f'--XyZ\r\nContent-Disposition: form-data; name="userfile_0"; filename="a"\r\n\r\nDATA\r\n--XyZ--\r\n').encode()
-    out = translate.resign_body_head(body, ctype, "/pydio/api/0/upload/put/docs", "/api/0/upload/put/docs", ks)
+    out = resign.resign_body_head(body, ctype, "/pydio/api/0/upload/put/docs", "/api/0/upload/put/docs", ks)
     assert len(out) == len(body) and out != body
     start = body.index(good.split(":")[0].encode()) if kind == "multipart" else body.index(b"auth_hash=") + 10
     new = out[start:start + len(good) + (2 if kind == "urlencoded" else 0)].decode().replace("%3A", ":")
@@ -113,4 +115,4 @@ def test_body_head_resigned_in_place(kind):
     # A hash signed over another path is left for the legacy server to refuse.
     other = body.replace(good.encode(), client_hash("tok", "priv", "/x").encode()).replace(
         good.replace(":", "%3A").encode(), client_hash("tok", "priv", "/x").replace(":", "%3A").encode())
-    assert translate.resign_body_head(other, ctype, "/pydio/api/0/upload/put/docs", "/api/0/upload/put/docs", ks) == other
+    assert resign.resign_body_head(other, ctype, "/pydio/api/0/upload/put/docs", "/api/0/upload/put/docs", ks) == other

@@ -14,13 +14,34 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import requests
 
-from .standin import LegacyStandin, ServerThread
+from .standin import LegacyStandin
 
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"
+
+
+class ServerThread:
+    """Serve a WSGI app on a free loopback port in a daemon thread (tests, demo)."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        from werkzeug.serving import make_server
+        self.server = make_server(host, port, app, threaded=True)
+        self.port = self.server.server_port
+        self.url = f"http://{host}:{self.port}"
+        # A short poll interval: stopping the server waits for one poll.
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def free_port() -> int:

@@ -38,52 +38,14 @@ from werkzeug.formparser import parse_form_data
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
-from . import db
+from .. import db, schema
+from . import legacy_feed
+from .pydio_store import PydioStore, StandinWorkspace, check_password
 
 REALM_HEADER = 'Basic realm="Pydio API"'
 NOT_AUTHORIZED = b"You are not authorized to access this API."
 HTML = "text/html; charset=UTF-8"
 XML = "text/xml; charset=UTF-8"
-
-
-@dataclass
-class StandinWorkspace:
-    """A workspace as the stand-in knows it: ``path`` may hold AJXP_DATA_PATH, AJXP_USER, AJXP_GROUP_PATH."""
-
-    id: str
-    slug: str
-    path: str
-    recycle_bin: str = ""
-    syncable: bool = True
-
-    @property
-    def scope(self) -> str:
-        if "AJXP_USER" in self.path:
-            return "USER"
-        if "AJXP_GROUP_PATH" in self.path:
-            return "GROUP"
-        return ""
-
-
-STOCK = [
-    StandinWorkspace("0", "default", "AJXP_DATA_PATH/files", "recycle_bin"),
-    StandinWorkspace("1", "my-files", "AJXP_DATA_PATH/personal/AJXP_USER", "recycle_bin"),
-]
-
-
-def hash_password(password: str, salt: str | None = None) -> str:
-    """Pydio's stored password format: ``sha256:1000:<salt b64>:<hash b64>`` (PBKDF2)."""
-    salt = salt or base64.b64encode(os.urandom(24)).decode()
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), 1000, 24)
-    return f"sha256:1000:{salt}:{base64.b64encode(digest).decode()}"
-
-
-def check_password(password: str, stored: str) -> bool:
-    try:
-        _algo, _rounds, salt, _ = stored.split(":")
-    except ValueError:
-        return False
-    return hmac.compare_digest(hash_password(password, salt), stored)
 
 
 def php_signed_uri(path: str) -> str:
@@ -103,7 +65,7 @@ class LegacyStandin:
                  force_session_credentials: bool = False):
         self.engine = db.create_engine(database_url)
         self.data_dir = data_dir
-        self.workspaces = list(workspaces or STOCK)
+        self.store = PydioStore(self.engine, workspaces)
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.rewrite_broken = rewrite_broken
         self.drop_authorization = drop_authorization
@@ -120,20 +82,13 @@ class LegacyStandin:
         """Create the conf tables and the meta.syncable schema (empty database)."""
         with self.engine.begin() as conn:
             db.create_conf_tables(conn)
-            db.install_syncable_schema(conn)
+            schema.install_syncable_schema(conn)
 
     def add_user(self, login: str, password: str, group_path: str = "/", rights=("0", "1")):
-        with self.engine.begin() as conn:
-            conn.execute(db.users.insert().values(login=login, password=hash_password(password), groupPath=group_path))
-            for ws in rights:
-                conn.execute(db.user_rights.insert().values(login=login, repo_uuid=ws, rights="rw"))
+        self.store.add_user(login, password, group_path, rights)
 
     def set_right(self, login: str, ws_id: str, rights: str | None):
-        """Grant (``"r"``/``"rw"``) or revoke (``None``) a right."""
-        with self.engine.begin() as conn:
-            conn.execute(db.user_rights.delete().where(db.user_rights.c.login == login, db.user_rights.c.repo_uuid == ws_id))
-            if rights:
-                conn.execute(db.user_rights.insert().values(login=login, repo_uuid=ws_id, rights=rights))
+        self.store.set_right(login, ws_id, rights)
 
     # --- WSGI -----------------------------------------------------------------
 
@@ -240,58 +195,9 @@ class LegacyStandin:
         session = request.cookies.get("AjaXplorer")
         return self.sessions.get(session) if session else None
 
-    def find_workspace(self, ws_key: str, login: str):
-        if ws_key == "pydio":
-            allowed = [w for w in self.all_workspaces() if self.has_right(login, w.id)]
-            return allowed[0] if allowed else None
-        candidates = self.all_workspaces()
-        for ws in candidates:
-            if ws.id == ws_key:
-                return ws
-        for ws in candidates:
-            if ws.slug == ws_key:
-                return ws
-        return None
-
-    def all_workspaces(self):
-        found = list(self.workspaces)
-        with self.engine.connect() as conn:
-            repos = conn.execute(sa.select(db.repo.c.uuid, db.repo.c.slug, db.repo.c.isTemplate)).all()
-            options = conn.execute(sa.select(db.repo_options.c.uuid, db.repo_options.c.name, db.repo_options.c.val)).all()
-        opts = collections.defaultdict(dict)
-        for uuid, name, val in options:
-            opts[uuid][name] = val.decode() if isinstance(val, bytes) else (val or "")
-        for uuid, slug, is_template in repos:
-            if is_template:
-                continue
-            o = opts[uuid]
-            meta = o.get("META_SOURCES", "")
-            syncable = "meta.syncable" in meta and "REPO_SYNCABLE\";b:0" not in meta
-            found.append(StandinWorkspace(uuid, slug or uuid, o.get("PATH", "AJXP_DATA_PATH/" + uuid),
-                                          o.get("RECYCLE_BIN", ""), syncable))
-        return found
-
-    def has_right(self, login: str, ws_id: str) -> bool:
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(db.user_rights.c.rights).where(
-                db.user_rights.c.login == login, db.user_rights.c.repo_uuid == ws_id)).first()
-        return bool(row and "r" in row[0])
-
-    def group_path(self, login: str) -> str:
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(db.users.c.groupPath).where(db.users.c.login == login)).first()
-        return (row[0] if row else None) or "/"
-
-    def identifier(self, ws: StandinWorkspace, login: str) -> str:
-        if ws.scope == "USER":
-            return f"{ws.id}-{login}"
-        if ws.scope == "GROUP":
-            return f"{ws.id}-{self.group_path(login)}"
-        return ws.id
-
     def root_dir(self, ws: StandinWorkspace, login: str) -> str:
         path = (ws.path.replace("AJXP_DATA_PATH", self.data_dir).replace("AJXP_USER", login)
-                .replace("AJXP_GROUP_PATH", self.group_path(login).strip("/")))
+                .replace("AJXP_GROUP_PATH", self.store.group_path(login).strip("/")))
         os.makedirs(path, exist_ok=True)
         return path
 
@@ -307,11 +213,11 @@ class LegacyStandin:
             self.calls[action] += 1
         if login is None:
             return Response(b"", 401, headers={"WWW-Authenticate": REALM_HEADER}, content_type=HTML)
-        ws = self.find_workspace(ws_key, login)
+        ws = self.store.find_workspace(ws_key, login)
         if ws is None:
             return Response('<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
                             f'Could not find workspace with id/alias {ws_key}</message></tree>', 200, content_type=XML)
-        if not self.has_right(login, ws.id):
+        if not self.store.has_right(login, ws.id):
             return Response(NOT_AUTHORIZED, 401, content_type=HTML)
         handler = getattr(self, "do_" + action, None)
         if handler is None:
@@ -331,18 +237,18 @@ class LegacyStandin:
         md5 = "directory" if is_dir else _md5_file(local)
         with self.engine.begin() as conn:
             conn.execute(db.index.insert().values(node_path=path, bytesize=0 if is_dir else st.st_size, md5=md5,
-                                                  mtime=int(st.st_mtime), repository_identifier=self.identifier(ws, login)))
+                                                  mtime=int(st.st_mtime), repository_identifier=self.store.identifier(ws, login)))
 
     def _index_content(self, ws, login, path, local):
         st = os.stat(local)
         with self.engine.begin() as conn:
-            done = conn.execute(db.index.update().where(db.index.c.node_path == path, db.index.c.repository_identifier == self.identifier(ws, login))
+            done = conn.execute(db.index.update().where(db.index.c.node_path == path, db.index.c.repository_identifier == self.store.identifier(ws, login))
                                 .values(bytesize=st.st_size, mtime=int(st.st_mtime), md5=_md5_file(local))).rowcount
         if not done:
             self._index_insert(ws, login, path, local)
 
     def _index_move(self, ws, login, old, new):
-        ident = self.identifier(ws, login)
+        ident = self.store.identifier(ws, login)
         with self.engine.begin() as conn:
             rows = conn.execute(sa.select(db.index.c.node_id, db.index.c.node_path).where(
                 db.index.c.repository_identifier == ident,
@@ -351,7 +257,7 @@ class LegacyStandin:
                 conn.execute(db.index.update().where(db.index.c.node_id == node_id).values(node_path=new + node_path[len(old):]))
 
     def _index_delete(self, ws, login, path):
-        ident = self.identifier(ws, login)
+        ident = self.store.identifier(ws, login)
         with self.engine.begin() as conn:
             conn.execute(db.index.delete().where(db.index.c.repository_identifier == ident, sa.or_(
                 db.index.c.node_path == path, db.index.c.node_path.startswith(path.rstrip("/") + "/", autoescape=True))))
@@ -463,92 +369,11 @@ class LegacyStandin:
         return Response(json.dumps({"t": token, "p": private}), 200, content_type="application/json")
 
     def do_changes(self, request, ws, login, path, params):
-        """The legacy ``changes`` action, line by line as the PHP loop runs."""
-        seq_param = params.get("seq_id", path.strip("/"))
+        """The legacy ``changes`` action (:func:`shim.demo.legacy_feed.changes_body`)."""
         with self._lock:
             self.calls["changes_side_effects"] += 1
-        stream = "stream" in params
-        sep = "\n" if stream else ","
-        seq_clean = "".join(c for c in seq_param if c.isascii() and (c.isalnum() or c in "_.-"))
-        digits = ""
-        for i, c in enumerate(seq_clean):
-            if c.isdigit() or (i == 0 and c in "+-"):
-                digits += c
-            else:
-                break
-        seq = int(digits) if digits.lstrip("+-") else 0
-        with self.engine.connect() as conn:
-            very_last = conn.execute(sa.text("SELECT MAX(seq) FROM ajxp_changes")).scalar() or 0
-            if very_last > 0 and seq > very_last:
-                body = "LAST_SEQ:1" if stream else '{"changes":[],"last_seq":1}'
-                return Response(body, 200, content_type="application/json; charset=UTF-8")
-            sql = ("SELECT c.seq, c.repository_identifier, c.node_id, c.type, c.source, c.target, "
-                   "i.bytesize, i.md5, i.mtime, i.node_path FROM ajxp_changes c LEFT JOIN ajxp_index i "
-                   "ON c.node_id = i.node_id WHERE c.repository_identifier = :ident AND c.seq > :seq")
-            binds = {"ident": self.identifier(ws, login), "seq": seq}
-            filt = None
-            if "filter" in params:
-                filt = params["filter"]
-                like = filt.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
-                sql += " AND (c.source LIKE :like ESCAPE '\\' OR c.target LIKE :like ESCAPE '\\')"
-                if self.engine.dialect.name == "mysql":
-                    sql = sql.replace("ESCAPE '\\'", "ESCAPE '\\\\'")
-                binds["like"] = like
-            sql += " ORDER BY c.node_id, c.seq"
-            rows = [dict(r._mapping) for r in conn.execute(sa.text(sql), binds)]
-            table_max = conn.execute(sa.text("SELECT MAX(seq) FROM ajxp_changes")).scalar()
-        order = {"path": 0, "content": 1, "create": 2, "delete": 3}
-        out, sent, last_seq = [], False, None
-        prev, prev_id = None, -1
-
-        def emit(row):
-            nonlocal sent
-            if sent:
-                out.append(sep)
-            # PHP's json_encode() gives false for text that is not UTF-8: echo prints nothing.
-            out.append(json.dumps(row, separators=(",", ":")).replace("/", "\\/") if _php_encodable(row) else "")
-            sent = True
-
-        flatten = "flatten" in params and params["flatten"] != "false"
-        for r in rows:
-            row = {"seq": int(r["seq"]), "node_id": int(r["node_id"]), "type": r["type"], "source": r["source"],
-                   "target": r["target"], "node": {
-                       "bytesize": None if r["bytesize"] is None else int(r["bytesize"]), "md5": r["md5"],
-                       "mtime": None if r["mtime"] is None else int(r["mtime"]), "node_path": r["node_path"],
-                       "repository_identifier": r["repository_identifier"]}}
-            if ws.recycle_bin and row["type"] == "path":
-                if row["source"].startswith("/" + ws.recycle_bin):
-                    row["source"], row["type"] = "NULL", "create"
-                elif row["target"].startswith("/" + ws.recycle_bin):
-                    row["target"], row["type"] = "NULL", "delete"
-            if not flatten:
-                if not _filter_row(row, filt):
-                    emit(row)
-                continue
-            if row["node_id"] == prev_id:
-                prev["target"], prev["seq"] = row["target"], row["seq"]
-                if row["type"] == "create" and prev["type"] == "delete":
-                    prev["type"] = "create"
-                elif order[row["type"]] > order[prev["type"]]:
-                    prev["type"] = row["type"]
-            else:
-                if prev is not None and (prev["source"] != prev["target"] or prev["type"] == "content"):
-                    if _filter_row(prev, filt):
-                        prev, prev_id, last_seq = row, row["node_id"], row["seq"]
-                        continue
-                    emit(prev)
-                prev, prev_id = row, row["node_id"]
-            if last_seq is None or row["seq"] > last_seq:
-                last_seq = row["seq"]
-        if prev is not None and (prev["source"] != prev["target"] or prev["type"] == "content") and not _filter_row(prev, filt):
-            emit(prev)
-            if last_seq is None or prev["seq"] > last_seq:
-                last_seq = prev["seq"]
-        if last_seq is None:
-            last_seq = table_max or 1
-        body = "".join(out) + (f"\nLAST_SEQ:{last_seq}" if stream else f'], "last_seq":{last_seq}}}')
-        if not stream:
-            body = '{"changes":[' + body
+        body = legacy_feed.changes_body(self.engine, self.store.identifier(ws, login), ws.recycle_bin, params,
+                                        path.strip("/"))
         return Response(body, 200, content_type="application/json; charset=UTF-8")
 
     def _ok(self, text):
@@ -583,46 +408,6 @@ class LegacyStandin:
         return Response("unknown diagnostic", 404, content_type="text/plain")
 
 
-def _filter_row(row, filt):
-    """The legacy filterRow(): True means drop; rewrites paths relative to the filter."""
-    if filt is None or filt == "":
-        return False
-    src_in = row["source"].startswith(filt + "/")
-    tgt_in = row["target"].startswith(filt + "/")
-    if not src_in and not tgt_in:
-        return True
-    if row["type"] == "path":
-        if not src_in:
-            row["type"], row["source"] = "create", "NULL"
-        elif not tgt_in:
-            row["type"], row["target"] = "delete", "NULL"
-    if src_in:
-        row["source"] = row["source"][len(filt):]
-    if tgt_in:
-        row["target"] = row["target"][len(filt):]
-    node_path = row["node"]["node_path"]
-    if row["type"] != "delete":
-        # PHP substr() counts bytes: strlen($filter) bytes off the UTF-8 path, false when shorter.
-        raw = node_path.encode("utf-8", "surrogateescape") if isinstance(node_path, str) else b""
-        cut = len(filt.encode("utf-8", "surrogateescape"))
-        row["node"]["node_path"] = raw[cut:].decode("utf-8", "surrogateescape") if len(raw) >= cut else False
-    elif not (isinstance(node_path, str) and node_path.startswith(filt)):
-        row["node"]["node_path"] = False
-    return False
-
-
-def _php_encodable(value) -> bool:
-    """False when some string in *value* is not valid UTF-8 (held as surrogate escapes)."""
-    if isinstance(value, dict):
-        return all(_php_encodable(v) for v in value.values())
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-    return True
-
-
 def _md5_file(path: str) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as fh:
@@ -635,21 +420,3 @@ def _xml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-class ServerThread:
-    """Serve a WSGI app on a free loopback port in a daemon thread (tests, demo)."""
-
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
-        from werkzeug.serving import make_server
-        self.server = make_server(host, port, app, threaded=True)
-        self.port = self.server.server_port
-        self.url = f"http://{host}:{self.port}"
-        # A short poll interval: stopping the server waits for one poll.
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()

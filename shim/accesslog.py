@@ -1,0 +1,90 @@
+"""The access log, and keeping secrets out of every log line.
+
+Request URLs carry credentials: a key-store ``auth_token`` with a valid
+``auth_hash`` replays (the legacy server keeps no nonce list).  Every URL that
+reaches a log goes through :func:`mask_target` first, and the log records of
+gunicorn itself, which names request lines when something fails, go through
+:class:`MaskSecrets`.
+
+One access line is written per request when its response is closed (so a long
+download is logged at its end, with its real size and duration), with the
+status the client really got.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from .phpcompat import php_param_name, urldecode
+
+access_log = logging.getLogger("shim.access")
+
+#: Query parameters whose values never reach a log line (matched on the name as PHP decodes it).
+SECRET_PARAMS = frozenset({"auth_hash", "auth_token", "password", "pass", "token", "userid", "secure_token"})
+MASK = "***"
+# Something in a log message that looks like a request target with a query.
+_TARGET_WITH_QUERY = re.compile(r"(?<![\w%])(/[^\s?\"']*)\?([^\s\"']*)")
+
+
+def mask_query(query: str) -> str:
+    """*query* with the values of secret parameters replaced by ``***``.
+
+    Names are decoded as PHP decodes them (``auth_%74oken`` is ``auth_token``,
+    ``auth.token`` files under ``auth_token``), so no spelling slips through.
+    """
+    parts = []
+    for part in query.split("&"):
+        name, eq, _value = part.partition("=")
+        secret = eq and php_param_name(urldecode(name)).lower() in SECRET_PARAMS
+        parts.append(f"{name}={MASK}" if secret else part)
+    return "&".join(parts)
+
+
+def mask_target(path: str, query: str | None) -> str:
+    """A request target fit for a log: ``path?query`` with secret values masked."""
+    return path if not query else path + "?" + mask_query(query)
+
+
+def mask_text(text: str) -> str:
+    """Every ``/path?query`` inside a free text (a log message) masked."""
+    if "?" not in text:
+        return text
+    return _TARGET_WITH_QUERY.sub(lambda m: m.group(1) + "?" + mask_query(m.group(2)), text)
+
+
+class MaskSecrets(logging.Filter):
+    """A logging filter masking secret query values in a record's message and arguments.
+
+    Installed on gunicorn's error log, which names the raw request line of a
+    request that failed or that it could not parse.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(mask_text(a) if isinstance(a, str) else a for a in args)
+        if isinstance(record.msg, str):
+            record.msg = mask_text(record.msg)
+        return True
+
+
+@dataclass
+class LogFields:
+    """What one access line says of a request, filled in while it is served."""
+
+    status: int = 0
+    bytes: int = 0
+    kind: str = "proxy"  # proxy, feed, admin, refused
+    rows: int | None = None
+    cache: str | None = None  # hit, miss, revalidated... (the feed's authorization decision)
+
+
+def write_line(remote: str, method: str, target: str, fields: LogFields, seconds: float) -> None:
+    """The access line of one finished request (built only when it will be written)."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    access_log.info("%s %s %s status=%s bytes=%s ms=%.1f kind=%s rows=%s cache=%s", remote, method, target,
+                    fields.status, fields.bytes, seconds * 1000, fields.kind,
+                    "-" if fields.rows is None else fields.rows, fields.cache or "-")

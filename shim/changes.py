@@ -1,0 +1,143 @@
+"""The ``/api/{ws}/changes/{seq}`` endpoint: answered from the database when the shim is sure.
+
+A feed request is answered by the shim only when every part of it is
+understood: its parameters (:func:`shim.feed.parse_feed_params`), its
+credentials (:mod:`shim.auth`), its workspace (:mod:`shim.workspaces`) and the
+legacy server's "yes" for those credentials on that workspace
+(:mod:`shim.authz`).  Anything else is forwarded, and the legacy server
+answers it as it would without the shim.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import unquote
+
+import sqlalchemy as sa
+from werkzeug.wrappers import Response
+
+from . import auth, db, feed, headers as header_policy
+from .phpcompat import parse_query
+from .proxy import content_length
+from .responses import RawResponse, plain
+from .upstream import RequestRefused, UpstreamError
+
+log = logging.getLogger(__name__)
+
+#: A POST feed body larger than this is not a sync client's: it is forwarded unread.
+MAX_FEED_FORM = 64 * 1024
+#: Headers carrying key-store tokens; the shim leaves them to the legacy server.
+TOKEN_HEADERS = ("HTTP_AUTH_TOKEN", "HTTP_AUTH_HASH", "HTTP_PYDIO_AUTH_TOKEN", "HTTP_PYDIO_AUTH_HASH")
+
+
+def ambiguous_credentials(environ, params) -> bool:
+    """True when the request carries header tokens, or more than one kind of credential.
+
+    Which one the legacy server honours first (header tokens, form tokens,
+    Basic, the session cookie) is not something to guess: forward.
+    """
+    if any(h in environ for h in TOKEN_HEADERS):
+        return True
+    kinds = (("auth_token" in params or "auth_hash" in params) + bool(environ.get("HTTP_AUTHORIZATION"))
+             + ("AjaXplorer=" in environ.get("HTTP_COOKIE", "")))
+    return kinds > 1
+
+
+def small_form(environ) -> bytes | None:
+    """The body of a small POST PHP would parse as a form, or None to forward the request.
+
+    Only ``application/x-www-form-urlencoded`` fills PHP's ``$_POST``; an
+    empty body without a type is fine (there is nothing to parse).
+    """
+    ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    size = content_length(environ)
+    if size is None:  # chunked, or no length at all: not a sync client's feed request
+        return None
+    if size > MAX_FEED_FORM or (ctype != "application/x-www-form-urlencoded" and (size or ctype)):
+        return None
+    body = environ["wsgi.input"].read(size) if size else b""
+    if len(body) != size:
+        raise RequestRefused("request body shorter than its Content-Length")
+    return body
+
+
+class ChangesEndpoint:
+    """Serves feed requests from the database, or hands them to *forward*."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, request, ws: str, seq: str):
+        app = self.app
+        params = dict(request.query_params)
+        body = None
+        if request.method == "POST":
+            body = small_form(request.environ)
+            if body is None:
+                return app.forward(request)
+            params.update(parse_query(body))
+        forward = lambda: app.forward(request, body)  # noqa: E731 - the one way out, taken from many places
+        if ambiguous_credentials(request.environ, params):
+            return forward()
+        feed_params = feed.parse_feed_params(seq, params)
+        if feed_params is None:
+            return forward()
+        try:
+            principal = auth.authenticate(params, request.environ.get("HTTP_AUTHORIZATION"), request.public_path,
+                                          app.keystore)
+            if principal is None:
+                return forward()
+            ws_key = unquote(ws, errors="strict")
+            workspace = None if ws_key == "pydio" else app.workspaces.resolve(ws_key)
+        except sa.exc.SQLAlchemyError as exc:
+            if app.database_alive():
+                # The database answers: the input made the query fail (e.g. a
+                # character a utf8mb3 column cannot compare); PHP decides.
+                return forward()
+            return self.db_unavailable(request, exc)
+        except ValueError:  # an undecodable workspace option or path segment
+            return forward()
+        if workspace is None or not workspace.syncable:
+            return forward()
+        request.log.kind = "feed"
+        try:
+            # The probe names the workspace by the id the shim resolved, never as the
+            # client spelled it: a slug may have moved to another workspace since the
+            # shim last looked it up, and the answer must be about the rows it sends.
+            decision, hit = app.authorizer.decide(principal, workspace.id, lambda: header_policy.client_identity_headers(
+                request.environ, request.prefix, request.trusted))
+        except UpstreamError as exc:
+            app.metrics.upstream_errors.labels(kind="probe").inc()
+            log.error("auth probe failed: %s", exc)
+            return plain(exc.status, f"pydio-shim: the legacy server could not confirm access ({exc})")
+        except sa.exc.SQLAlchemyError as exc:
+            return self.db_unavailable(request, exc)
+        request.log.cache = "hit" if hit else "miss"
+        app.metrics.auth_cache.labels(result=request.log.cache).inc()
+        if decision.response is not None:
+            status, legacy_headers, denial = decision.response
+            app.metrics.feed_requests.labels(status=str(status)).inc()
+            out = header_policy.without(header_policy.response_headers(legacy_headers), "content-length")
+            return RawResponse(status, out + [("Content-Length", str(len(denial)))], [denial])
+        if not decision.allowed:
+            return forward()
+        identifier = workspace.identifier(decision.login, decision.group_path)
+        if identifier is None:
+            return forward()
+        try:
+            stream = feed.FeedStream(app.feed_engine, identifier, feed_params, workspace.recycle_bin)
+        except feed.FeedError as exc:
+            return self.db_unavailable(request, exc)
+        if app.config.feed_is_replica and feed_params.seq > stream.very_last:
+            # A client ahead of the replica (it lags the primary): answering would
+            # send it back to seq 0, a full resync.  The legacy server answers.
+            stream.close()
+            return forward()
+        request.feed = stream
+        return Response(stream, status=200, content_type=feed.CONTENT_TYPE, direct_passthrough=True)
+
+    def db_unavailable(self, request, exc):
+        self.app.metrics.feed_requests.labels(status="503").inc()
+        log.error("database unavailable for the feed: %s", db.first_line(exc))
+        request.log.kind = "feed"
+        return plain(503, "pydio-shim: the database is unavailable", [("Retry-After", "5")])

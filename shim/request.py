@@ -1,0 +1,90 @@
+"""The request object, built once per request and handed to the handlers.
+
+A Werkzeug :class:`~werkzeug.wrappers.Request` plus what the shim needs and
+Werkzeug decodes differently from the legacy server: the request target
+exactly as the client sent it, where it sits in the public URL space, whether
+its peer is a trusted proxy, and the query decoded the PHP way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+
+from werkzeug.wrappers import Request
+
+from . import translate
+from .accesslog import LogFields, mask_target
+from .phpcompat import parse_query
+
+
+class Trust:
+    """Which peers are proxies whose forwarding headers the shim believes."""
+
+    def __init__(self, networks):
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def __contains__(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def client_address(self, peer: str, forwarded_for: str | None) -> str | None:
+        """The client's address as nginx's ``real_ip_recursive`` finds it.
+
+        Walking ``X-Forwarded-For`` from the right, trusted proxies are
+        skipped; the first address that is not one is the client.  None when
+        the peer itself is not trusted and sent forwarding claims (they are
+        ignored: the peer is the client), handled by returning the peer.
+        """
+        if peer not in self or not forwarded_for:
+            return peer
+        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if hop not in self:
+                return hop
+        return hops[0] if hops else peer
+
+
+class ShimRequest(Request):
+    """One request to the shim.
+
+    ``raw_uri``, ``raw_path`` and ``raw_query`` are the request target as sent
+    (undecoded; ``raw_query`` is None when there is no ``?``).  ``prefix`` is
+    the public prefix in its canonical form, ``app_path`` the raw path below it
+    (None when the request is outside it).  ``trusted`` says whether the peer
+    is a trusted proxy.  ``log`` collects what the access line will say.
+    """
+
+    def __init__(self, environ, trust: Trust, configured_prefix: str | None):
+        super().__init__(environ, populate_request=False, shallow=True)
+        self.raw_uri = translate.raw_request_uri(environ)
+        self.raw_path, self.raw_query = translate.split_uri(self.raw_uri)
+        self.peer = environ.get("REMOTE_ADDR", "")
+        self.trusted = self.peer in trust
+        self._trust = trust
+        self.prefix = translate.public_prefix(environ, configured_prefix, self.trusted)
+        self.app_path = translate.strip_prefix(self.raw_path, self.prefix)
+        self.log = LogFields()
+
+    @cached_property
+    def query_params(self) -> list[tuple[str, str]]:
+        """The query string's pairs as PHP decodes them into ``$_GET``."""
+        return parse_query(self.raw_query or "")
+
+    @cached_property
+    def client_address(self) -> str:
+        """The client's own address: the peer, or what trusted proxies say it is."""
+        return self._trust.client_address(self.peer, self.environ.get("HTTP_X_FORWARDED_FOR")) or self.peer
+
+    @cached_property
+    def loggable_target(self) -> str:
+        """The request target with secret parameter values masked."""
+        return mask_target(self.raw_path, self.raw_query)
+
+    @property
+    def public_path(self) -> str:
+        """The path the client sent, prefix included (what a key-store signature covers)."""
+        return translate.join_prefix(self.prefix, self.app_path or "/")

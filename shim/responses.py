@@ -1,0 +1,45 @@
+"""The few kinds of answers the shim writes itself.
+
+:func:`plain` is a Werkzeug response (the shim's own short messages).
+:class:`RawResponse` passes a status, headers and body on exactly as given:
+answers relayed from the legacy server must not gain a ``Content-Type`` or
+lose headers the way Werkzeug's :class:`~werkzeug.wrappers.Response` adjusts
+them (it drops entity headers from a 304, for instance).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Iterable
+
+from werkzeug.wrappers import Response
+
+
+def reason_phrase(status: int) -> str:
+    """The standard reason phrase of *status*, "" for a code without one."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def status_line(status: int, reason: str | None = None) -> str:
+    return f"{status} {reason or reason_phrase(status) or 'Unknown'}"
+
+
+def plain(status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
+    """A short ``text/plain`` answer of the shim's own (its body ends with a newline)."""
+    return Response(text + "\n", status=status, headers=list(headers), content_type="text/plain; charset=utf-8")
+
+
+class RawResponse:
+    """A WSGI application answering with exactly this status line, these headers and this body."""
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: Iterable[bytes], reason: str | None = None):
+        self.status = status_line(status, reason)
+        self.headers = headers
+        self.body = body
+
+    def __call__(self, environ, start_response):
+        start_response(self.status, self.headers)
+        return self.body
