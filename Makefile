@@ -2,28 +2,39 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+# pytest's own options for `make test` (two processes: the suite waits on databases and servers).
+PYTEST_ARGS ?= -n 2
 
-.PHONY: setup demo test services bench clean
+.PHONY: setup demo test test-fast lint services bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,dev]'
 	touch $@
 
 demo: setup
 	$(BIN)/pydio-shim demo
 
+lint: setup
+	$(BIN)/ruff check shim tests bench
+	$(BIN)/ruff format --check shim tests bench
+	$(BIN)/mypy
+
+test: setup services lint
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# Without the slow end-to-end tests (real gunicorn, nginx, php-fpm, big bodies): for quick edits.
+test-fast: setup services
+	$(BIN)/pytest -q $(PYTEST_ARGS) -m "not slow"
+
 services:
 	bash tests/services/start.sh
-
-test: setup services
-	$(BIN)/pytest -q
 
 bench: setup services
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -26,8 +26,11 @@ def _timed(fn, seconds: float, at_most: int = 100_000) -> dict:
     while calls < at_most and time.perf_counter() < deadline:
         fn()
         calls += 1
-    return {"wall_ms": (time.perf_counter() - wall) * 1000 / calls,
-            "cpu_ms": (time.process_time() - cpu) * 1000 / calls, "calls": calls}
+    return {
+        "wall_ms": (time.perf_counter() - wall) * 1000 / calls,
+        "cpu_ms": (time.process_time() - cpu) * 1000 / calls,
+        "calls": calls,
+    }
 
 
 def _statement(identifier: str, seq: int):
@@ -43,6 +46,7 @@ def poll_costs(shim_environ: dict, db_settings: dict, identifier: str, seq: int,
     engine = app.feed_engine
     steps = []
     try:
+
         def checkout():
             with engine.connect():
                 pass
@@ -61,9 +65,11 @@ def poll_costs(shim_environ: dict, db_settings: dict, identifier: str, seq: int,
             steps.append(("feed SELECT, streamed, no row back", _timed(empty_select, seconds)))
             raw = conn.connection.dbapi_connection
             with raw.cursor() as cur:
+
                 def raw_max():
                     cur.execute("SELECT MAX(seq) FROM ajxp_changes")
                     cur.fetchall()
+
                 steps.append(("MAX(seq), PyMySQL cursor alone", _timed(raw_max, seconds)))
     finally:
         for each in {id(app.engine): app.engine, id(app.feed_engine): app.feed_engine}.values():
@@ -71,11 +77,19 @@ def poll_costs(shim_environ: dict, db_settings: dict, identifier: str, seq: int,
 
     def connect(**extra):
         def once():
-            pymysql.connect(host=db_settings["host"], port=int(db_settings["port"]), user=db_settings["user"],
-                            password=db_settings["password"], database=db_settings["database"], **extra).close()
+            pymysql.connect(
+                host=db_settings["host"],
+                port=int(db_settings["port"]),
+                user=db_settings["user"],
+                password=db_settings["password"],
+                database=db_settings["database"],
+                **extra,
+            ).close()
+
         return once
 
     steps.append(("new PyMySQL connection, default options (TLS context)", _timed(connect(), seconds * 2, at_most=40)))
-    steps.append(("new PyMySQL connection, ssl_disabled=True", _timed(connect(ssl_disabled=True), seconds,
-                                                                      at_most=400)))
+    steps.append(
+        ("new PyMySQL connection, ssl_disabled=True", _timed(connect(ssl_disabled=True), seconds, at_most=400))
+    )
     return steps

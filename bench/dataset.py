@@ -54,8 +54,10 @@ def database_url(server_url: str) -> str:
 
 # SQL expressions of node n (a column or expression named in {n}).
 _WS = "CONCAT('benchws', LPAD(IF({n} % 1000 BETWEEN 1 AND 49, {n} % 1000, 0), 2, '0'))"
-_PATH = ("CONCAT('/folder-', LPAD({n} DIV 500, 4, '0'), "
-         "IF({n} % 500 = 0, '', CONCAT(IF({n} % 7 = 0, '/r\u00e9sum\u00e9-', '/document-'), {n}, '.txt')))")
+_PATH = (
+    "CONCAT('/folder-', LPAD({n} DIV 500, 4, '0'), "
+    "IF({n} % 500 = 0, '', CONCAT(IF({n} % 7 = 0, '/r\u00e9sum\u00e9-', '/document-'), {n}, '.txt')))"
+)
 # The node a late change (seq s > N_NODES) touches: 7919 is prime to N_NODES, so each node at most once.
 _LATE_NODE = f"((({{s}} * 7919) % {N_NODES}) + 1)"
 
@@ -73,8 +75,16 @@ def ready(server_url: str) -> bool:
     engine = sa.create_engine(admin_url(server_url), poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            if conn.execute(sa.text("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = :d "
-                                    "AND table_name = 'shimbench_layout'"), {"d": DATABASE}).scalar() != 1:
+            if (
+                conn.execute(
+                    sa.text(
+                        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = :d "
+                        "AND table_name = 'shimbench_layout'"
+                    ),
+                    {"d": DATABASE},
+                ).scalar()
+                != 1
+            ):
                 return False
             layout = conn.execute(sa.text(f"SELECT layout FROM {DATABASE}.shimbench_layout")).scalar()
             if layout != LAYOUT:
@@ -124,12 +134,27 @@ def build(server_url: str, log=print) -> None:
         schema.install_syncable_schema(conn)  # re-creates the triggers
     with engine.begin() as conn:
         for ws_id in workspace_ids():
-            conn.execute(db.repo.insert().values(
-                uuid=ws_id, slug=ws_id.replace("benchws", "bench-"), display=ws_id, accessType="fs",
-                isTemplate=False, inferOptionsFromParent=False, enabled=True, writeable=True, bcreate=False,
-                path="", recycle="", groupPath="/"))
-            for name, value in (("PATH", f"AJXP_DATA_PATH/{ws_id}"), ("RECYCLE_BIN", "recycle_bin"),
-                                ("META_SOURCES", META_SOURCES)):
+            conn.execute(
+                db.repo.insert().values(
+                    uuid=ws_id,
+                    slug=ws_id.replace("benchws", "bench-"),
+                    display=ws_id,
+                    accessType="fs",
+                    isTemplate=False,
+                    inferOptionsFromParent=False,
+                    enabled=True,
+                    writeable=True,
+                    bcreate=False,
+                    path="",
+                    recycle="",
+                    groupPath="/",
+                )
+            )
+            for name, value in (
+                ("PATH", f"AJXP_DATA_PATH/{ws_id}"),
+                ("RECYCLE_BIN", "recycle_bin"),
+                ("META_SOURCES", META_SOURCES),
+            ):
                 conn.execute(db.repo_options.insert().values(uuid=ws_id, name=name, val=value.encode()))
     standin = LegacyStandin(url, "/nonexistent-bench-data")
     standin.add_user(USER, PASSWORD, "/", rights=workspace_ids())
@@ -155,9 +180,12 @@ def stats(url: str) -> dict:
     """Row counts the report quotes."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
-        big = conn.execute(sa.text("SELECT COUNT(*) FROM ajxp_changes WHERE repository_identifier = :w"),
-                           {"w": BIG_WORKSPACE}).scalar()
-        small = conn.execute(sa.text("SELECT COUNT(*) FROM ajxp_changes WHERE repository_identifier = 'benchws01'")).scalar()
+        big = conn.execute(
+            sa.text("SELECT COUNT(*) FROM ajxp_changes WHERE repository_identifier = :w"), {"w": BIG_WORKSPACE}
+        ).scalar()
+        small = conn.execute(
+            sa.text("SELECT COUNT(*) FROM ajxp_changes WHERE repository_identifier = 'benchws01'")
+        ).scalar()
         max_seq = conn.execute(sa.text("SELECT MAX(seq) FROM ajxp_changes")).scalar()
         nodes = conn.execute(sa.text("SELECT COUNT(*) FROM ajxp_index")).scalar()
         version = conn.execute(sa.text("SELECT VERSION()")).scalar()

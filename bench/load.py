@@ -46,18 +46,29 @@ def wrk(url: str, connections: int, seconds: float, paths=(), headers=(), thread
     """
     threads = threads or min(connections, 2)
     seconds = max(1, math.ceil(seconds))  # wrk takes whole seconds
-    argv = [wrk_binary(), "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
-            "-s", WRK_SCRIPT]
+    argv = [
+        wrk_binary(),
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        WRK_SCRIPT,
+    ]
     for name, value in headers:
         argv += ["-H", f"{name}: {value}"]
     argv += [url]
     if paths:
         argv += ["--", *paths]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
-    if done.returncode != 0 or line is None:
+    found = next((line for line in done.stdout.splitlines() if line.startswith("WRK_JSON ")), None)
+    if done.returncode != 0 or found is None:
         raise LoadError(f"wrk failed ({done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}")
-    raw = json.loads(line[len("WRK_JSON "):])
+    raw = json.loads(found[len("WRK_JSON ") :])
     errors = {k: v for k, v in raw.items() if k.startswith("errors_") and v}
     if errors or raw["requests"] == 0:
         raise LoadError(f"wrk saw errors against {url}: {errors or 'no request completed'}")
@@ -114,8 +125,14 @@ def fetch(url: str, headers=(), sample=None, sample_every: float = 0.05, max_sec
         finished = time.perf_counter()
     finally:
         conn.close()
-    return {"status": status, "ttfb_s": (first or finished) - started, "total_s": finished - started,
-            "bytes": size, "lines": lines, "sha256": digest.hexdigest()}
+    return {
+        "status": status,
+        "ttfb_s": (first or finished) - started,
+        "total_s": finished - started,
+        "bytes": size,
+        "lines": lines,
+        "sha256": digest.hexdigest(),
+    }
 
 
 def download(url: str, headers=(), sample=None, sample_every: float = 0.05) -> dict:
@@ -125,8 +142,17 @@ def download(url: str, headers=(), sample=None, sample_every: float = 0.05) -> d
     below what nginx sends, so it would measure itself.  *sample* is called
     about every *sample_every* seconds during the transfer.
     """
-    argv = ["curl", "--silent", "--show-error", "--output", "/dev/null", "--write-out",
-            "%{http_code} %{size_download} %{time_total}", "--max-time", "600"]
+    argv = [
+        "curl",
+        "--silent",
+        "--show-error",
+        "--output",
+        "/dev/null",
+        "--write-out",
+        "%{http_code} %{size_download} %{time_total}",
+        "--max-time",
+        "600",
+    ]
     for name, value in headers:
         argv += ["--header", f"{name}: {value}"]
     proc = subprocess.Popen(argv + [url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -146,8 +172,15 @@ def download(url: str, headers=(), sample=None, sample_every: float = 0.05) -> d
 
 
 def _pymysql(db: dict, **kwargs):
-    return pymysql.connect(host=db["host"], port=int(db["port"]), user=db["user"], password=db["password"],
-                           database=db["database"], charset="utf8mb4", **kwargs)
+    return pymysql.connect(
+        host=db["host"],
+        port=int(db["port"]),
+        user=db["user"],
+        password=db["password"],
+        database=db["database"],
+        charset="utf8mb4",
+        **kwargs,
+    )
 
 
 def connections_opened(db: dict) -> int:

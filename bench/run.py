@@ -53,12 +53,12 @@ OUT_DIR = os.path.join(ROOT, "var", "bench")
 MIB = 1 << 20
 
 # The targets (docs/benchmarks.md explains each).
-POLL_RPS_MIN = 1000          # requests/s at 8 clients
-POLL_P50_MAX_MS = 5.0        # p50 at 1 client, warm authorization cache
+POLL_RPS_MIN = 1000  # requests/s at 8 clients
+POLL_P50_MAX_MS = 5.0  # p50 at 1 client, warm authorization cache
 SNAPSHOT_RAW_RATIO_MAX = 2.0  # shim time / raw PyMySQL SSCursor time
-RSS_MAX_MIB = 100            # gunicorn worker peak RSS (snapshot, 1 GiB transfer)
-PROXY_SMALL_MIN = 0.50       # shim requests/s / direct requests/s, 1 KiB at 8 clients
-PROXY_BULK_MIN = 0.80        # shim MiB/s / direct MiB/s, 1 GiB
+RSS_MAX_MIB = 100  # gunicorn worker peak RSS (snapshot, 1 GiB transfer)
+PROXY_SMALL_MIN = 0.50  # shim requests/s / direct requests/s, 1 KiB at 8 clients
+PROXY_BULK_MIN = 0.80  # shim MiB/s / direct MiB/s, 1 GiB
 
 # gunicorn settings compared in the "workers" part, beside the configuration file's.
 # (gunicorn arguments over the configuration file, further PYDIO_SHIM_* settings).
@@ -85,8 +85,10 @@ class Target:
 
     def line(self) -> str:
         op = ">=" if self.higher_is_better else "<"
-        return (f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {fmt(self.value)}{self.unit} "
-                f"(target {op} {fmt(self.limit)}{self.unit})")
+        return (
+            f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {fmt(self.value)}{self.unit} "
+            f"(target {op} {fmt(self.limit)}{self.unit})"
+        )
 
 
 @dataclass
@@ -170,9 +172,12 @@ def ensure_tools():
         if subprocess.run(command, env=env, capture_output=True).returncode != 0:
             subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
             subprocess.run(command, env=env, check=True, capture_output=True)
-    wanted = [name for name, module in (("py-spy", None), ("gevent", "gevent"))
-              if (module and importlib.util.find_spec(module) is None)
-              or (module is None and not os.path.exists(os.path.join(services.VENV_BIN, name)))]
+    wanted = [
+        name
+        for name, module in (("py-spy", None), ("gevent", "gevent"))
+        if (module and importlib.util.find_spec(module) is None)
+        or (module is None and not os.path.exists(os.path.join(services.VENV_BIN, name)))
+    ]
     if wanted:
         say(f"setup: pip install {' '.join(wanted)} (benchmark tools, not dependencies of the shim)")
         subprocess.run([os.path.join(services.VENV_BIN, "pip"), "install", "-q", *wanted], check=True)
@@ -181,6 +186,7 @@ def ensure_tools():
 def code_identity() -> dict:
     """The commit measured, and a digest of the shim's sources as they are on disk."""
     import hashlib
+
     digest = hashlib.sha256()
     for name in sorted(os.listdir(os.path.join(ROOT, "shim"))):
         if name.endswith(".py"):
@@ -191,10 +197,18 @@ def code_identity() -> dict:
             with open(os.path.join(ROOT, extra), "rb") as fh:
                 digest.update(extra.encode() + b"\0" + fh.read())
     try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or "?"
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "shim", "conf"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = (
+            subprocess.run(
+                ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "?"
+        )
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--", "shim", "conf"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         commit, dirty = "?", ""
     return {"commit": commit + (" + uncommitted changes" if dirty else ""), "sources": digest.hexdigest()[:12]}
@@ -208,9 +222,11 @@ def versions() -> dict:
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return "?"
 
+    from importlib.metadata import version
+
     import gunicorn
     import sqlalchemy
-    from importlib.metadata import version
+
     cpu = "?"
     with open("/proc/cpuinfo") as fh:
         for line in fh:
@@ -218,12 +234,17 @@ def versions() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return {
-        "cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1),
-        "python": platform.python_version(), "gunicorn": gunicorn.__version__, "sqlalchemy": sqlalchemy.__version__,
+        "python": platform.python_version(),
+        "gunicorn": gunicorn.__version__,
+        "sqlalchemy": sqlalchemy.__version__,
         "pymysql": version("PyMySQL"),
         "gevent": (__import__("gevent").__version__ if importlib.util.find_spec("gevent") else "-"),
-        "php": first_line(["php", "-r", "echo PHP_VERSION;"]), "nginx": first_line([services.nginx_binary(), "-v"]).split("/")[-1],
+        "php": first_line(["php", "-r", "echo PHP_VERSION;"]),
+        "nginx": first_line([services.nginx_binary(), "-v"]).split("/")[-1],
         "wrk": first_line(["wrk", "--version"]).split(" [")[0].removeprefix("wrk "),
     }
 
@@ -239,8 +260,9 @@ class Context:
         self.stack = stack
         self.db = db_settings
         self.run = run
-        self.auth = [("Authorization", "Basic " + base64.b64encode(
-            f"{dataset.USER}:{dataset.PASSWORD}".encode()).decode())]
+        self.auth = [
+            ("Authorization", "Basic " + base64.b64encode(f"{dataset.USER}:{dataset.PASSWORD}".encode()).decode())
+        ]
         self.max_seq = dataset.N_CHANGES
         self.poll_paths = [f"/api/{ws}/changes/{self.max_seq}?stream=true" for ws in dataset.workspace_ids()]
         self.snapshot_path = f"/api/{dataset.BIG_WORKSPACE}/changes/0?stream=true&flatten=true"
@@ -265,8 +287,9 @@ class Context:
         ``db_connects_per_s`` are the database server's CPU per request and
         connections opened per second, server-wide (anyone else's load counts).
         """
-        serving = {"shim": self.stack.shim_workers, "php": self.stack.php_workers,
-                   "nginx": self.stack.nginx_workers}[side]()
+        serving = {"shim": self.stack.shim_workers, "php": self.stack.php_workers, "nginx": self.stack.nginx_workers}[
+            side
+        ]()
         opened = load.connections_opened(self.db)
         meter = services.CpuMeter(serving=serving, db=self.stack.database_server()).start()
         result = run_load()
@@ -292,8 +315,10 @@ class Context:
         """
         for attempt in range(3):
             before = self.probes()
-            result = self.metered("shim", lambda: load.wrk(self.stack.shim_url, connections, seconds or self.seconds,
-                                                           self.poll_paths, self.auth))
+            result = self.metered(
+                "shim",
+                lambda: load.wrk(self.stack.shim_url, connections, seconds or self.seconds, self.poll_paths, self.auth),
+            )
             calls = self.probes() - before
             if calls == 0 or attempt == 2:
                 return result, calls
@@ -307,11 +332,11 @@ class Context:
                 text = fh.read().splitlines()
         except OSError:
             return ""
-        errors = [l.strip() for l in text if " ERROR " in l or "status=5" in l]
-        starts = [i for i, l in enumerate(text) if l.startswith("Traceback")]
+        errors = [line.strip() for line in text if " ERROR " in line or "status=5" in line]
+        starts = [i for i, line in enumerate(text) if line.startswith("Traceback")]
         trace = []
         if starts:
-            for line in text[starts[-1]:]:
+            for line in text[starts[-1] :]:
                 if trace and line[:4].isdigit():  # the next log record
                     break
                 trace.append(line)
@@ -346,9 +371,23 @@ class Context:
         if os.path.exists(out):
             os.unlink(out)
         rate = 200
-        argv = [os.path.join(services.VENV_BIN, "py-spy"), "record", "--pid", str(self.stack.shim.pid), "--subprocesses",
-                "--gil", "--nonblocking", "--rate", str(rate), "--duration", f"{seconds:g}", "--format", "raw",
-                "--output", out]
+        argv = [
+            os.path.join(services.VENV_BIN, "py-spy"),
+            "record",
+            "--pid",
+            str(self.stack.shim.pid),
+            "--subprocesses",
+            "--gil",
+            "--nonblocking",
+            "--rate",
+            str(rate),
+            "--duration",
+            f"{seconds:g}",
+            "--format",
+            "raw",
+            "--output",
+            out,
+        ]
         workers = self.stack.shim_workers()
         spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(0.3)
@@ -369,11 +408,15 @@ class Context:
         summary["cpu"] = {str(pid): round(share, 3) for pid, share in cpu.items()}
         summary["load"] = drive_result
         self.run.figures.setdefault("profiles", {})[name] = summary
-        say(f"\nprofile {name}: py-spy --gil on every worker for {seconds:g}s; raw stacks in "
-            f"{os.path.relpath(out, ROOT)}")
+        say(
+            f"\nprofile {name}: py-spy --gil on every worker for {seconds:g}s; raw stacks in "
+            f"{os.path.relpath(out, ROOT)}"
+        )
         say("  load while profiled: " + (json.dumps(drive_result) if drive_result else "-"))
-        say("  worker CPU (user+sys, share of one core): "
-            + ", ".join(f"{pid}: {share:.0%}" for pid, share in cpu.items()))
+        say(
+            "  worker CPU (user+sys, share of one core): "
+            + ", ".join(f"{pid}: {share:.0%}" for pid, share in cpu.items())
+        )
         say(summary["text"])
 
 
@@ -383,10 +426,21 @@ def _frame_name(frame: str) -> str:
     return f"{name} ({where.rsplit(':', 1)[0].rstrip(')')})" if name else frame
 
 
-_COMPONENTS = (("(shim/", "shim"), ("sqlalchemy/", "SQLAlchemy"), ("pymysql/", "PyMySQL"), ("gunicorn/", "gunicorn"),
-               ("http/client", "http.client"), ("email/", "http.client"), ("logging/", "logging"),
-               ("prometheus_client/", "prometheus_client"), ("json/", "json"), ("socket.py", "socket"),
-               ("selectors.py", "gunicorn"), ("concurrent/futures", "gunicorn"), ("threading.py", "gunicorn"))
+_COMPONENTS = (
+    ("(shim/", "shim"),
+    ("sqlalchemy/", "SQLAlchemy"),
+    ("pymysql/", "PyMySQL"),
+    ("gunicorn/", "gunicorn"),
+    ("http/client", "http.client"),
+    ("email/", "http.client"),
+    ("logging/", "logging"),
+    ("prometheus_client/", "prometheus_client"),
+    ("json/", "json"),
+    ("socket.py", "socket"),
+    ("selectors.py", "gunicorn"),
+    ("concurrent/futures", "gunicorn"),
+    ("threading.py", "gunicorn"),
+)
 _SCAFFOLDING = ("threading.py", "concurrent/futures", "gunicorn/", "runpy", "<module>", "selectors.py")
 
 
@@ -418,17 +472,23 @@ def summarize_profile(path: str, possible_samples: float, top: int = 12) -> dict
     for frame, count in own[busiest].items():
         components[next((name for key, name in _COMPONENTS if key in frame), "other")] += count
     app_frames = [(f, c) for f, c in inclusive[busiest].most_common() if not any(s in f for s in _SCAFFOLDING)]
-    lines = ["  GIL held (share of the profiled time): "
-             + ", ".join(f"{p.split()[-1]}: {c / possible_samples:.0%}" for p, c in per_process.most_common()),
-             f"  {busiest}, GIL time by where it is spent (own samples): "
-             + ", ".join(f"{name} {100 * c / total:.0f}%" for name, c in components.most_common()),
-             f"  {busiest}, functions holding the GIL, own samples:"]
+    lines = [
+        "  GIL held (share of the profiled time): "
+        + ", ".join(f"{p.split()[-1]}: {c / possible_samples:.0%}" for p, c in per_process.most_common()),
+        f"  {busiest}, GIL time by where it is spent (own samples): "
+        + ", ".join(f"{name} {100 * c / total:.0f}%" for name, c in components.most_common()),
+        f"  {busiest}, functions holding the GIL, own samples:",
+    ]
     lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in own[busiest].most_common(top)]
     lines += ["  inclusive (application and library frames):"]
     lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in app_frames[:top]]
-    return {"gil_share": {p.split()[-1]: round(c / possible_samples, 3) for p, c in per_process.items()},
-            "components": {name: round(c / total, 3) for name, c in components.items()},
-            "own": own[busiest].most_common(top), "inclusive": app_frames[:top], "text": "\n".join(lines)}
+    return {
+        "gil_share": {p.split()[-1]: round(c / possible_samples, 3) for p, c in per_process.items()},
+        "components": {name: round(c / total, 3) for name, c in components.items()},
+        "own": own[busiest].most_common(top),
+        "inclusive": app_frames[:top],
+        "text": "\n".join(lines),
+    }
 
 
 # --- parts ------------------------------------------------------------------------------------
@@ -450,62 +510,128 @@ def part_feed_poll(ctx: Context):
             result, upstream_calls = ctx.shim_poll_run(connections)
             shim_runs.append(result)
             probes += upstream_calls
-            php_runs.append(ctx.metered("php", lambda: load.wrk(stack.php_url, connections, ctx.seconds,
-                                                                ctx.poll_paths, ctx.auth)))
+            php_runs.append(
+                ctx.metered(
+                    "php", lambda c=connections: load.wrk(stack.php_url, c, ctx.seconds, ctx.poll_paths, ctx.auth)
+                )
+            )
         keys = ("rps", "p50_ms", "p99_ms", "cpu_ms", "db_cpu_ms", "busiest_share", "db_connects_per_s")
         s = {k: median(shim_runs, k) for k in keys}
         p = {k: median(php_runs, k) for k in keys}
         figures[connections] = {"shim": s, "php": p, "shim_runs": shim_runs, "php_runs": php_runs, "probes": probes}
-        rows.append([connections, s["rps"], s["p50_ms"], s["p99_ms"], p["rps"], p["p50_ms"], p["p99_ms"],
-                     f"{s['rps'] / p['rps']:.2f}x"])
-        cpu_rows.append([connections, s["cpu_ms"], f"{s['busiest_share']:.0%}", s["db_connects_per_s"], p["cpu_ms"],
-                         p["db_connects_per_s"], s["db_cpu_ms"], p["db_cpu_ms"]])
+        rows.append(
+            [
+                connections,
+                s["rps"],
+                s["p50_ms"],
+                s["p99_ms"],
+                p["rps"],
+                p["p50_ms"],
+                p["p99_ms"],
+                f"{s['rps'] / p['rps']:.2f}x",
+            ]
+        )
+        cpu_rows.append(
+            [
+                connections,
+                s["cpu_ms"],
+                f"{s['busiest_share']:.0%}",
+                s["db_connects_per_s"],
+                p["cpu_ms"],
+                p["db_connects_per_s"],
+                s["db_cpu_ms"],
+                p["db_cpu_ms"],
+            ]
+        )
         if probes:
-            run.note(f"feed-poll: {probes} request(s) reached the legacy server during the kept runs at "
-                     f"{connections} connections (authorization cache not warm everywhere)")
-    run.table(f"Feed, incremental poll (50 workspaces in turn, {config['worker_class']} "
-              f"{config['workers']}x{config['threads']}, medians of {ctx.args.runs} x {ctx.seconds:g}s)",
-              ["clients", "shim req/s", "shim p50 ms", "shim p99 ms", "PHP req/s", "PHP p50 ms", "PHP p99 ms",
-               "shim/PHP req/s"], rows)
-    run.table("Feed, incremental poll: CPU per request and database connections (medians; the database "
-              "server's figures are server-wide, so other load on it counts too)",
-              ["clients", "shim workers CPU ms", "busiest shim worker's share", "shim: new DB connections/s",
-               "PHP (php-fpm) CPU ms", "PHP: new DB connections/s", "MariaDB CPU ms, shim", "MariaDB CPU ms, PHP"],
-              cpu_rows)
+            run.note(
+                f"feed-poll: {probes} request(s) reached the legacy server during the kept runs at "
+                f"{connections} connections (authorization cache not warm everywhere)"
+            )
+    run.table(
+        f"Feed, incremental poll (50 workspaces in turn, {config['worker_class']} "
+        f"{config['workers']}x{config['threads']}, medians of {ctx.args.runs} x {ctx.seconds:g}s)",
+        [
+            "clients",
+            "shim req/s",
+            "shim p50 ms",
+            "shim p99 ms",
+            "PHP req/s",
+            "PHP p50 ms",
+            "PHP p99 ms",
+            "shim/PHP req/s",
+        ],
+        rows,
+    )
+    run.table(
+        "Feed, incremental poll: CPU per request and database connections (medians; the database "
+        "server's figures are server-wide, so other load on it counts too)",
+        [
+            "clients",
+            "shim workers CPU ms",
+            "busiest shim worker's share",
+            "shim: new DB connections/s",
+            "PHP (php-fpm) CPU ms",
+            "PHP: new DB connections/s",
+            "MariaDB CPU ms, shim",
+            "MariaDB CPU ms, PHP",
+        ],
+        cpu_rows,
+    )
     # The same SQL alone: what the legacy algorithm runs per poll (MAX, the SELECT, MAX again).
     from sqlalchemy.dialects import mysql
+
     from shim import feed
-    select = str(feed.feed_query(dataset.BIG_WORKSPACE, ctx.max_seq, None).compile(
-        dialect=mysql.dialect(), compile_kwargs={"literal_binds": True}))
+
+    select = str(
+        feed.feed_query(dataset.BIG_WORKSPACE, ctx.max_seq, None).compile(
+            dialect=mysql.dialect(), compile_kwargs={"literal_binds": True}
+        )
+    )
     table_max = "SELECT MAX(seq) FROM ajxp_changes"
     sql_round = load.poll_queries(ctx.db, [table_max, select, table_max], 3.0)
     sql_select = load.poll_queries(ctx.db, [select], 2.0)
     shim1 = figures[1]["shim"]
-    run.table("Feed, incremental poll: the database alone (PyMySQL, one connection, in a loop)",
-              ["what", "ms per poll", "shim p50 at 1 client / this"],
-              [["SELECT only", sql_select["round_ms"], f"{shim1['p50_ms'] / sql_select['round_ms']:.1f}x"],
-               ["MAX + SELECT + MAX (the legacy sequence)", sql_round["round_ms"],
-                f"{shim1['p50_ms'] / sql_round['round_ms']:.1f}x"]])
+    run.table(
+        "Feed, incremental poll: the database alone (PyMySQL, one connection, in a loop)",
+        ["what", "ms per poll", "shim p50 at 1 client / this"],
+        [
+            ["SELECT only", sql_select["round_ms"], f"{shim1['p50_ms'] / sql_select['round_ms']:.1f}x"],
+            [
+                "MAX + SELECT + MAX (the legacy sequence)",
+                sql_round["round_ms"],
+                f"{shim1['p50_ms'] / sql_round['round_ms']:.1f}x",
+            ],
+        ],
+    )
     figures["sql"] = {"select_ms": sql_select["round_ms"], "round_ms": sql_round["round_ms"]}
     steps = costs.poll_costs(stack.shim_env(), ctx.db, dataset.BIG_WORKSPACE, ctx.max_seq)
-    run.table("Feed, incremental poll: the shim's database steps one by one (this process, one thread)",
-              ["step", "wall ms", "CPU ms"], [[name, f["wall_ms"], f["cpu_ms"]] for name, f in steps])
+    run.table(
+        "Feed, incremental poll: the shim's database steps one by one (this process, one thread)",
+        ["step", "wall ms", "CPU ms"],
+        [[name, f["wall_ms"], f["cpu_ms"]] for name, f in steps],
+    )
     figures["steps"] = {name: f for name, f in steps}
     run.figures["feed-poll"] = figures
     run.target(Target("feed poll req/s at 8 clients", figures[8]["shim"]["rps"], POLL_RPS_MIN, True), "feed-poll")
     # p50 is checked for one client (a sync client's own poll): with 8 clients
     # always waiting, p50 is about 8 / rate, so "< 5 ms" there would mean
     # > 1,600 req/s, a stricter rate target in disguise (both are printed).
-    run.target(Target("feed poll p50 at 1 client, warm cache", figures[1]["shim"]["p50_ms"], POLL_P50_MAX_MS, False,
-                      " ms"), "feed-poll")
+    run.target(
+        Target("feed poll p50 at 1 client, warm cache", figures[1]["shim"]["p50_ms"], POLL_P50_MAX_MS, False, " ms"),
+        "feed-poll",
+    )
     if not all(t.passed for t in run.targets if t.part == "feed-poll"):
         for connections in (8, 1, 64):
-            ctx.profile(f"feed-poll-{connections}",
-                        lambda t, c=connections: load.wrk(stack.shim_url, c, t, ctx.poll_paths, ctx.auth))
+            ctx.profile(
+                f"feed-poll-{connections}",
+                lambda t, c=connections: load.wrk(stack.shim_url, c, t, ctx.poll_paths, ctx.auth),
+            )
 
 
 def _sha(data: bytes) -> str:
     import hashlib
+
     return hashlib.sha256(data).hexdigest()
 
 
@@ -514,9 +640,14 @@ def part_feed_snapshot(ctx: Context):
     if stack.shim is None:
         ctx.start_shim()
     from sqlalchemy.dialects import mysql
+
     from shim import feed
-    select = str(feed.feed_query(dataset.BIG_WORKSPACE, 0, None).compile(
-        dialect=mysql.dialect(), compile_kwargs={"literal_binds": True}))
+
+    select = str(
+        feed.feed_query(dataset.BIG_WORKSPACE, 0, None).compile(
+            dialect=mysql.dialect(), compile_kwargs={"literal_binds": True}
+        )
+    )
     raw_runs, shim_runs, php_runs = [], [], []
     for _ in range(ctx.args.runs):
         raw_runs.append(load.raw_query(ctx.db, select))
@@ -530,24 +661,51 @@ def part_feed_snapshot(ctx: Context):
     raw_s, shim_s, php_s = (median(x, "total_s") for x in (raw_runs, shim_runs, php_runs))
     rows = [
         ["raw PyMySQL SSCursor (fetch only)", raw_s, median(raw_runs, "ttfb_s"), rows_read / raw_s, "-", "-"],
-        ["shim", shim_s, median(shim_runs, "ttfb_s"), rows_read / shim_s, shim_runs[0]["bytes"] / MIB,
-         f"{median(shim_runs, 'rss_before_mib'):.0f} -> {max(r['peak_rss_mib'] for r in shim_runs):.1f}"],
-        ["PHP baseline", php_s, median(php_runs, "ttfb_s"), rows_read / php_s, php_runs[0]["bytes"] / MIB,
-         f"{median(php_runs, 'rss_before_mib'):.0f} -> {max(r['peak_rss_mib'] for r in php_runs):.1f}"],
+        [
+            "shim",
+            shim_s,
+            median(shim_runs, "ttfb_s"),
+            rows_read / shim_s,
+            shim_runs[0]["bytes"] / MIB,
+            f"{median(shim_runs, 'rss_before_mib'):.0f} -> {max(r['peak_rss_mib'] for r in shim_runs):.1f}",
+        ],
+        [
+            "PHP baseline",
+            php_s,
+            median(php_runs, "ttfb_s"),
+            rows_read / php_s,
+            php_runs[0]["bytes"] / MIB,
+            f"{median(php_runs, 'rss_before_mib'):.0f} -> {max(r['peak_rss_mib'] for r in php_runs):.1f}",
+        ],
     ]
-    run.table(f"Feed, full snapshot of {dataset.BIG_WORKSPACE} ({rows_read:,} rows read, {emitted:,} rows sent "
-              f"after flattening; medians of {ctx.args.runs})",
-              ["client", "total s", "first byte s", "rows read/s", "body MiB", "server RSS MiB before -> peak"], rows)
-    say(f"ratios: shim/raw time {shim_s / raw_s:.2f}x, shim/PHP time {shim_s / php_s:.2f}x "
-        f"(PHP/shim speed {php_s / shim_s:.2f}x); bodies identical: {identical}")
-    run.figures["feed-snapshot"] = {"raw": raw_runs, "shim": shim_runs, "php": php_runs, "rows_read": rows_read,
-                                    "rows_sent": emitted, "identical": identical}
-    run.target(Target("snapshot time shim / raw PyMySQL", shim_s / raw_s, SNAPSHOT_RAW_RATIO_MAX, False, "x"),
-               "feed-snapshot")
-    run.target(Target("snapshot worker peak RSS", max(r["peak_rss_mib"] for r in shim_runs), RSS_MAX_MIB, False,
-                      " MiB"), "feed-snapshot")
-    run.target(Target("snapshot body identical to the PHP baseline", 1.0 if identical else 0.0, 1.0, True),
-               "feed-snapshot")
+    run.table(
+        f"Feed, full snapshot of {dataset.BIG_WORKSPACE} ({rows_read:,} rows read, {emitted:,} rows sent "
+        f"after flattening; medians of {ctx.args.runs})",
+        ["client", "total s", "first byte s", "rows read/s", "body MiB", "server RSS MiB before -> peak"],
+        rows,
+    )
+    say(
+        f"ratios: shim/raw time {shim_s / raw_s:.2f}x, shim/PHP time {shim_s / php_s:.2f}x "
+        f"(PHP/shim speed {php_s / shim_s:.2f}x); bodies identical: {identical}"
+    )
+    run.figures["feed-snapshot"] = {
+        "raw": raw_runs,
+        "shim": shim_runs,
+        "php": php_runs,
+        "rows_read": rows_read,
+        "rows_sent": emitted,
+        "identical": identical,
+    }
+    run.target(
+        Target("snapshot time shim / raw PyMySQL", shim_s / raw_s, SNAPSHOT_RAW_RATIO_MAX, False, "x"), "feed-snapshot"
+    )
+    run.target(
+        Target("snapshot worker peak RSS", max(r["peak_rss_mib"] for r in shim_runs), RSS_MAX_MIB, False, " MiB"),
+        "feed-snapshot",
+    )
+    run.target(
+        Target("snapshot body identical to the PHP baseline", 1.0 if identical else 0.0, 1.0, True), "feed-snapshot"
+    )
     if not all(t.passed for t in run.targets if t.part == "feed-snapshot"):
         ctx.profile("feed-snapshot", lambda t: _fetch_for(stack.shim_url + ctx.snapshot_path, ctx.auth, t), 8.0)
 
@@ -563,6 +721,7 @@ def _peak_sampler(pids: list[int]):
                 peaks[pid] = max(peaks[pid], services.status_kib(pid, "VmHWM"))
             except (OSError, KeyError):
                 pass
+
     return sample, peaks
 
 
@@ -589,19 +748,40 @@ def part_proxy(ctx: Context):
     for connections in (8, 64):
         d_runs, s_runs = [], []
         for _ in range(ctx.args.runs):
-            d_runs.append(ctx.metered("nginx", lambda: load.wrk(direct + services.SMALL_FILE, connections,
-                                                                ctx.seconds)))
-            s_runs.append(ctx.metered("shim", lambda: load.wrk(shim + services.SMALL_FILE, connections, ctx.seconds)))
+            d_runs.append(
+                ctx.metered("nginx", lambda c=connections: load.wrk(direct + services.SMALL_FILE, c, ctx.seconds))
+            )
+            s_runs.append(
+                ctx.metered("shim", lambda c=connections: load.wrk(shim + services.SMALL_FILE, c, ctx.seconds))
+            )
         keys = ("rps", "p50_ms", "p99_ms", "cpu_ms")
         d = {k: median(d_runs, k) for k in keys}
         s = {k: median(s_runs, k) for k in keys}
         figures[connections] = {"direct": d, "shim": s}
-        rows.append([f"1 KiB, {connections} clients", d["rps"], s["rps"], f"{s['rps'] / d['rps']:.1%}",
-                     f"{d['p50_ms']:.2f} / {s['p50_ms']:.2f}", f"+{s['p50_ms'] - d['p50_ms']:.2f}",
-                     f"{d['cpu_ms']:.3f} / {s['cpu_ms']:.2f}"])
-    run.table(f"Proxy, small requests (nginx static file, medians of {ctx.args.runs} x {ctx.seconds:g}s)",
-              ["request", "direct req/s", "via shim req/s", "shim/direct", "p50 ms direct / shim", "added p50 ms",
-               "CPU ms/req nginx / shim workers"], rows)
+        rows.append(
+            [
+                f"1 KiB, {connections} clients",
+                d["rps"],
+                s["rps"],
+                f"{s['rps'] / d['rps']:.1%}",
+                f"{d['p50_ms']:.2f} / {s['p50_ms']:.2f}",
+                f"+{s['p50_ms'] - d['p50_ms']:.2f}",
+                f"{d['cpu_ms']:.3f} / {s['cpu_ms']:.2f}",
+            ]
+        )
+    run.table(
+        f"Proxy, small requests (nginx static file, medians of {ctx.args.runs} x {ctx.seconds:g}s)",
+        [
+            "request",
+            "direct req/s",
+            "via shim req/s",
+            "shim/direct",
+            "p50 ms direct / shim",
+            "added p50 ms",
+            "CPU ms/req nginx / shim workers",
+        ],
+        rows,
+    )
     # The first read of the sparse file fills the page cache (1 GiB of zero
     # pages): done once, untimed, so that "direct" measures nginx, not that.
     load.download(direct + services.LARGE_FILE)
@@ -611,18 +791,30 @@ def part_proxy(ctx: Context):
         s_runs.append(_download_with_rss(ctx, shim + services.LARGE_FILE))
     d_bw, s_bw = median(d_runs, "mib_s"), median(s_runs, "mib_s")
     peak = max(r["peak_rss_mib"] for r in s_runs)
-    run.table(f"Proxy, 1 GiB download (medians of {ctx.args.runs})",
-              ["path", "MiB/s", "seconds", "worker peak RSS MiB"],
-              [["direct (nginx)", d_bw, median(d_runs, "seconds"), "-"],
-               ["via shim", s_bw, median(s_runs, "seconds"), peak]])
-    say(f"ratios: small requests shim/direct {figures[8]['shim']['rps'] / figures[8]['direct']['rps']:.1%} "
-        f"(8 clients), bulk shim/direct {s_bw / d_bw:.1%}")
+    run.table(
+        f"Proxy, 1 GiB download (medians of {ctx.args.runs})",
+        ["path", "MiB/s", "seconds", "worker peak RSS MiB"],
+        [["direct (nginx)", d_bw, median(d_runs, "seconds"), "-"], ["via shim", s_bw, median(s_runs, "seconds"), peak]],
+    )
+    say(
+        f"ratios: small requests shim/direct {figures[8]['shim']['rps'] / figures[8]['direct']['rps']:.1%} "
+        f"(8 clients), bulk shim/direct {s_bw / d_bw:.1%}"
+    )
     figures["bulk"] = {"direct": d_runs, "shim": s_runs}
     run.figures["proxy"] = figures
-    run.target(Target("proxy small requests shim/direct at 8 clients",
-                      100 * figures[8]["shim"]["rps"] / figures[8]["direct"]["rps"], 100 * PROXY_SMALL_MIN, True, " %"),
-               "proxy")
-    run.target(Target("proxy 1 GiB bandwidth shim/direct", 100 * s_bw / d_bw, 100 * PROXY_BULK_MIN, True, " %"), "proxy")
+    run.target(
+        Target(
+            "proxy small requests shim/direct at 8 clients",
+            100 * figures[8]["shim"]["rps"] / figures[8]["direct"]["rps"],
+            100 * PROXY_SMALL_MIN,
+            True,
+            " %",
+        ),
+        "proxy",
+    )
+    run.target(
+        Target("proxy 1 GiB bandwidth shim/direct", 100 * s_bw / d_bw, 100 * PROXY_BULK_MIN, True, " %"), "proxy"
+    )
     run.target(Target("proxy worker peak RSS during 1 GiB", peak, RSS_MAX_MIB, False, " MiB"), "proxy")
     failed = {t.name for t in run.targets if t.part == "proxy" and not t.passed}
     if any("small" in name for name in failed):
@@ -660,8 +852,9 @@ def measure_workers(ctx: Context, measured: dict):
     for _ in range(ctx.args.workers_runs):
         measured["poll8"].append(ctx.shim_poll_run(8)[0])
         measured["poll64"].append(ctx.shim_poll_run(64)[0])
-        measured["proxy64"].append(ctx.metered("shim", lambda: load.wrk(ctx.stack.shim_url + services.SMALL_FILE, 64,
-                                                                        ctx.seconds)))
+        measured["proxy64"].append(
+            ctx.metered("shim", lambda: load.wrk(ctx.stack.shim_url + services.SMALL_FILE, 64, ctx.seconds))
+        )
 
 
 def part_workers(ctx: Context):
@@ -675,16 +868,19 @@ def part_workers(ctx: Context):
         try:
             config = ctx.start_shim(args, settings)
         except (load.LoadError, services.ServiceError) as exc:
-            run.note(f"workers: {args or 'configuration file'} {settings or ''} did not start cleanly: {exc}"
-                     f"{ctx.shim_log_errors()}")
+            run.note(
+                f"workers: {args or 'configuration file'} {settings or ''} did not start cleanly: {exc}"
+                f"{ctx.shim_log_errors()}"
+            )
             rows.append([args or "configuration file", *["failed"] * 11])
             continue
         label = f"{config['worker_class']} {config['workers']}" + (
-            f"x{config['threads']}" if config["worker_class"] == "gthread" else "")
+            f"x{config['threads']}" if config["worker_class"] == "gthread" else ""
+        )
         if args is None:
             label += " (configuration file)"
         if settings:
-            label += ", " + ", ".join(f"{k[len('PYDIO_SHIM_'):].lower()}={v}" for k, v in settings.items())
+            label += ", " + ", ".join(f"{k[len('PYDIO_SHIM_') :].lower()}={v}" for k, v in settings.items())
         measured = collections.defaultdict(list)
         try:
             measure_workers(ctx, measured)
@@ -693,56 +889,105 @@ def part_workers(ctx: Context):
             rows.append([label, *["failed"] * 11])
             continue
         rss = max(services.status_kib(pid, "VmRSS") for pid in stack.shim_workers()) / 1024
-        m = {k: {key: median(v, key) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms", "db_connects_per_s")}
-             for k, v in measured.items()}
+        m = {
+            k: {key: median(v, key) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms", "db_connects_per_s")}
+            for k, v in measured.items()
+        }
         figures[label] = {"config": config, "settings": settings, **m, "rss_mib": rss}
-        rows.append([label, m["poll8"]["rps"], m["poll8"]["p50_ms"], m["poll8"]["cpu_ms"],
-                     m["poll8"]["db_connects_per_s"], m["poll64"]["rps"], m["poll64"]["p99_ms"], m["poll64"]["cpu_ms"],
-                     m["poll64"]["db_connects_per_s"], m["proxy64"]["rps"], m["proxy64"]["cpu_ms"], rss])
+        rows.append(
+            [
+                label,
+                m["poll8"]["rps"],
+                m["poll8"]["p50_ms"],
+                m["poll8"]["cpu_ms"],
+                m["poll8"]["db_connects_per_s"],
+                m["poll64"]["rps"],
+                m["poll64"]["p99_ms"],
+                m["poll64"]["cpu_ms"],
+                m["poll64"]["db_connects_per_s"],
+                m["proxy64"]["rps"],
+                m["proxy64"]["cpu_ms"],
+                rss,
+            ]
+        )
     stack.stop_shim()
-    run.table(f"gunicorn workers (medians of {ctx.args.workers_runs} x {ctx.seconds:g}s)",
-              ["configuration", "poll 8c req/s", "poll 8c p50 ms", "poll 8c CPU ms/req", "poll 8c DB connects/s",
-               "poll 64c req/s", "poll 64c p99 ms", "poll 64c CPU ms/req", "poll 64c DB connects/s",
-               "proxy 1 KiB 64c req/s", "proxy CPU ms/req", "worker RSS MiB"], rows)
+    run.table(
+        f"gunicorn workers (medians of {ctx.args.workers_runs} x {ctx.seconds:g}s)",
+        [
+            "configuration",
+            "poll 8c req/s",
+            "poll 8c p50 ms",
+            "poll 8c CPU ms/req",
+            "poll 8c DB connects/s",
+            "poll 64c req/s",
+            "poll 64c p99 ms",
+            "poll 64c CPU ms/req",
+            "poll 64c DB connects/s",
+            "proxy 1 KiB 64c req/s",
+            "proxy CPU ms/req",
+            "worker RSS MiB",
+        ],
+        rows,
+    )
     measured_configs = dict(figures)
     if measured_configs:
+
         def score(f):
             # Geometric mean of the three rates and of 1 / p99 at 64 clients: a
             # configuration that serves more but lets some clients wait seconds
             # does not fit a sync service.  Units cancel between configurations.
             return (f["poll8"]["rps"] * f["poll64"]["rps"] * f["proxy64"]["rps"] / f["poll64"]["p99_ms"]) ** (1 / 4)
+
         best = max(measured_configs, key=lambda k: score(measured_configs[k]))
         base = next((k for k in measured_configs if "(configuration file)" in k), None)
-        versus = (f", {score(measured_configs[best]) / score(measured_configs[base]):.2f}x the configuration file's"
-                  if base else "")
-        say(f"workers: best configuration {best!r} (highest geometric mean of the three rates and of "
-            f"1/p99 at 64 clients{versus})")
+        versus = (
+            f", {score(measured_configs[best]) / score(measured_configs[base]):.2f}x the configuration file's"
+            if base
+            else ""
+        )
+        say(
+            f"workers: best configuration {best!r} (highest geometric mean of the three rates and of "
+            f"1/p99 at 64 clients{versus})"
+        )
         run.figures["workers_scores"] = {k: score(v) for k, v in measured_configs.items()}
         run.figures["workers_best"] = best
     run.figures["workers"] = figures
 
 
-PART_FUNCTIONS = {"feed-poll": part_feed_poll, "feed-snapshot": part_feed_snapshot, "proxy": part_proxy,
-                  "workers": part_workers}
+PART_FUNCTIONS = {
+    "feed-poll": part_feed_poll,
+    "feed-snapshot": part_feed_snapshot,
+    "proxy": part_proxy,
+    "workers": part_workers,
+}
 
 
 # --- main ---------------------------------------------------------------------------------------
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--only", default=",".join(PARTS),
-                        help=f"comma-separated parts to run: {', '.join(PARTS)} (default: all)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    parser.add_argument(
+        "--only", default=",".join(PARTS), help=f"comma-separated parts to run: {', '.join(PARTS)} (default: all)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per comparison, medians reported (default 3)")
     parser.add_argument("--workers-runs", type=int, default=2, help="runs per load in the workers part (default 2)")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each wrk run (default 5)")
-    parser.add_argument("--mysql", default=os.environ.get("SHIM_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306"),
-                        help="MariaDB server URL, no database (default: root@127.0.0.1:3306)")
-    parser.add_argument("--no-profile", dest="profile", action="store_false",
-                        help="do not profile a worker when a target is missed")
-    parser.add_argument("--json", default=os.path.join(OUT_DIR, "results.json"),
-                        help="where to write every figure (default var/bench/results.json)")
+    parser.add_argument(
+        "--mysql",
+        default=os.environ.get("SHIM_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306"),
+        help="MariaDB server URL, no database (default: root@127.0.0.1:3306)",
+    )
+    parser.add_argument(
+        "--no-profile", dest="profile", action="store_false", help="do not profile a worker when a target is missed"
+    )
+    parser.add_argument(
+        "--json",
+        default=os.path.join(OUT_DIR, "results.json"),
+        help="where to write every figure (default var/bench/results.json)",
+    )
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = [p for p in args.parts if p not in PARTS]
@@ -760,9 +1005,15 @@ def main(argv=None) -> int:
     started = time.monotonic()
     ensure_tools()
     import sqlalchemy as sa
+
     server = sa.engine.make_url(args.mysql)
-    db_settings = {"host": server.host or "127.0.0.1", "port": server.port or 3306, "user": server.username or "root",
-                   "password": server.password or "", "database": dataset.DATABASE}
+    db_settings = {
+        "host": server.host or "127.0.0.1",
+        "port": server.port or 3306,
+        "user": server.username or "root",
+        "password": server.password or "",
+        "database": dataset.DATABASE,
+    }
     run = Run()
     database_url = dataset.ensure(args.mysql, say)
     run.figures["dataset"] = dataset.stats(database_url)
@@ -787,8 +1038,11 @@ def main(argv=None) -> int:
                 say(f"FAIL  {part}: could not run: {exc}")
                 status = 2
             elapsed, load_after = time.monotonic() - part_started, os.getloadavg()[0]
-            run.figures.setdefault("parts", {})[part] = {"seconds": round(elapsed), "load_before": load_before,
-                                                         "load_after": load_after}
+            run.figures.setdefault("parts", {})[part] = {
+                "seconds": round(elapsed),
+                "load_before": load_before,
+                "load_after": load_after,
+            }
             say(f"({part}: {elapsed:.0f}s; 1-minute load average {load_before:.2f} before, {load_after:.2f} after)")
     run.figures["load_after"] = os.getloadavg()
     if code_identity() != run.figures["code"]:
@@ -796,9 +1050,19 @@ def main(argv=None) -> int:
     run.figures["elapsed_s"] = time.monotonic() - started
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
-        json.dump({"figures": run.figures, "targets": [
-            {"name": t.name, "value": t.value, "limit": t.limit, "passed": t.passed} for t in run.targets],
-            "notes": run.notes, "failed_parts": run.failed_parts}, fh, indent=1, default=str)
+        json.dump(
+            {
+                "figures": run.figures,
+                "targets": [
+                    {"name": t.name, "value": t.value, "limit": t.limit, "passed": t.passed} for t in run.targets
+                ],
+                "notes": run.notes,
+                "failed_parts": run.failed_parts,
+            },
+            fh,
+            indent=1,
+            default=str,
+        )
     markdown = os.path.splitext(os.path.abspath(args.json))[0] + ".md"
     with open(markdown, "w") as fh:
         fh.write("Versions: " + ", ".join(f"{k} {v}" for k, v in run.figures["versions"].items()) + "\n")
@@ -815,9 +1079,11 @@ def main(argv=None) -> int:
         say(f"FAIL  {part}: could not run")
     if "workers_best" in run.figures:
         say(f"best gunicorn configuration: {run.figures['workers_best']}")
-    say(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+    say(
+        f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
         f"total {run.figures['elapsed_s']:.0f}s; figures in {os.path.relpath(os.path.abspath(args.json), ROOT)}, "
-        f"tables in {os.path.relpath(markdown, ROOT)}")
+        f"tables in {os.path.relpath(markdown, ROOT)}"
+    )
     if status == 0 and not all(t.passed for t in run.targets):
         status = 1
     return status

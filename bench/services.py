@@ -49,7 +49,7 @@ def fill(template_path: str, target: str, **values) -> str:
         text = fh.read()
     for name, value in values.items():
         text = text.replace(f"@{name}@", str(value))
-    code = "\n".join(l for l in text.splitlines() if not l.lstrip().startswith(("#", ";")))
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith(("#", ";")))
     leftover = re.search(r"@[A-Z_]+@", code)
     if leftover:
         raise ServiceError(f"{template_path}: placeholder {leftover.group(0)} not filled in")
@@ -137,8 +137,10 @@ class CpuMeter:
         return self
 
     def stop(self) -> dict[str, float]:
-        self.per_pid = {name: {pid: max(0.0, cpu_seconds(pid) - before[pid]) for pid in before}
-                        for name, before in self._before.items()}
+        self.per_pid = {
+            name: {pid: max(0.0, cpu_seconds(pid) - before[pid]) for pid in before}
+            for name, before in self._before.items()
+        }
         self.used = {name: sum(used.values()) for name, used in self.per_pid.items()}
         return self.used
 
@@ -222,16 +224,29 @@ class Stack:
         with open(os.path.join(www, "1g.bin"), "wb") as fh:
             fh.truncate(LARGE_SIZE)  # sparse: no disk used, read from the page cache
         self.php_children = php_children
-        fpm_conf = fill(os.path.join(HERE, "baseline", "php-fpm.conf"), os.path.join(self.dir, "php-fpm.conf"),
-                        DIR=self.dir, CHILDREN=php_children)
+        fpm_conf = fill(
+            os.path.join(HERE, "baseline", "php-fpm.conf"),
+            os.path.join(self.dir, "php-fpm.conf"),
+            DIR=self.dir,
+            CHILDREN=php_children,
+        )
         fpm = self._spawn([php_fpm_binary(), "-F", "-R", "-y", fpm_conf], "php-fpm.out")
         self.procs.append(fpm)
-        nginx_conf = fill(os.path.join(HERE, "nginx", "bench.conf"), os.path.join(self.dir, "nginx.conf"),
-                          DIR=self.dir, WORKERS=2, STANDIN_PORT=self.standin_server.port,
-                          LEGACY_PORT=self.legacy_port, PHP_PORT=self.php_port,
-                          SCRIPT=os.path.join(HERE, "baseline", "changes.php"), DB_HOST=self.db["host"],
-                          DB_PORT=self.db["port"], DB_USER=self.db["user"], DB_PASSWORD=self.db["password"],
-                          DB_NAME=self.db["database"])
+        nginx_conf = fill(
+            os.path.join(HERE, "nginx", "bench.conf"),
+            os.path.join(self.dir, "nginx.conf"),
+            DIR=self.dir,
+            WORKERS=2,
+            STANDIN_PORT=self.standin_server.port,
+            LEGACY_PORT=self.legacy_port,
+            PHP_PORT=self.php_port,
+            SCRIPT=os.path.join(HERE, "baseline", "changes.php"),
+            DB_HOST=self.db["host"],
+            DB_PORT=self.db["port"],
+            DB_USER=self.db["user"],
+            DB_PASSWORD=self.db["password"],
+            DB_NAME=self.db["database"],
+        )
         nginx = self._spawn([nginx_binary(), "-c", nginx_conf, "-p", self.dir, "-g", "daemon off;"], "nginx.out")
         self.procs.append(nginx)
         self.nginx = nginx
@@ -239,7 +254,9 @@ class Stack:
         deadline = time.monotonic() + 20
         while not os.path.exists(os.path.join(self.dir, "php-fpm.sock")):
             if fpm.poll() is not None or time.monotonic() > deadline:
-                raise ServiceError("php-fpm did not start" + _tail(fpm.log_path) + _tail(os.path.join(self.dir, "php-fpm.log")))
+                raise ServiceError(
+                    "php-fpm did not start" + _tail(fpm.log_path) + _tail(os.path.join(self.dir, "php-fpm.log"))
+                )
             time.sleep(0.1)
         self.fpm = fpm
 
@@ -274,8 +291,11 @@ class Stack:
         for name in list(env):
             if name.startswith("PYDIO_SHIM_") or name in ("GUNICORN_CMD_ARGS", "WEB_CONCURRENCY"):
                 del env[name]
-        env.update(PYDIO_SHIM_UPSTREAM_URL=self.legacy_url, PYDIO_SHIM_DATABASE_URL=self.database_url,
-                   PYDIO_SHIM_AUTH_CACHE_TTL="300")
+        env.update(
+            PYDIO_SHIM_UPSTREAM_URL=self.legacy_url,
+            PYDIO_SHIM_DATABASE_URL=self.database_url,
+            PYDIO_SHIM_AUTH_CACHE_TTL="300",
+        )
         env.update(settings or {})
         if gunicorn_args:
             env["GUNICORN_CMD_ARGS"] = gunicorn_args
@@ -336,11 +356,17 @@ print(json.dumps({"worker_class": cfg.worker_class_str, "workers": cfg.workers, 
 
 def gunicorn_settings(env: dict) -> dict:
     """Worker class, workers and threads gunicorn will use: conf/gunicorn.conf.py, then GUNICORN_CMD_ARGS."""
-    done = subprocess.run([sys.executable, "-c", _SETTINGS_PROBE], env=dict(env, BENCH_GUNICORN_CONF=GUNICORN_CONF),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", _SETTINGS_PROBE],
+        env=dict(env, BENCH_GUNICORN_CONF=GUNICORN_CONF),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if done.returncode != 0:
         raise ServiceError(f"cannot read the gunicorn settings: {done.stderr.strip()[-500:]}")
     import json
+
     settings = json.loads(done.stdout.strip().splitlines()[-1])
     settings["conf_file"] = os.path.relpath(GUNICORN_CONF, ROOT) if os.path.exists(GUNICORN_CONF) else None
     return settings

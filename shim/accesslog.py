@@ -85,6 +85,15 @@ def write_line(remote: str, method: str, target: str, fields: LogFields, seconds
     """The access line of one finished request (built only when it will be written)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    access_log.info("%s %s %s status=%s bytes=%s ms=%.1f kind=%s rows=%s cache=%s", remote, method, target,
-                    fields.status, fields.bytes, seconds * 1000, fields.kind,
-                    "-" if fields.rows is None else fields.rows, fields.cache or "-")
+    access_log.info(
+        "%s %s %s status=%s bytes=%s ms=%.1f kind=%s rows=%s cache=%s",
+        remote,
+        method,
+        target,
+        fields.status,
+        fields.bytes,
+        seconds * 1000,
+        fields.kind,
+        "-" if fields.rows is None else fields.rows,
+        fields.cache or "-",
+    )

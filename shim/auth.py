@@ -153,23 +153,32 @@ class KeyStore:
         if hit is not None:
             return hit[0]
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(db.simple_store.c.serialized_data).where(
-                db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token)).first()
+            row = conn.execute(
+                sa.select(db.simple_store.c.serialized_data).where(
+                    db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token
+                )
+            ).first()
         result = None
         if row is not None and row[0]:
             try:
                 data = phpserialize.loads(db.as_bytes(row[0]), decode_strings=True)
             except (ValueError, TypeError, IndexError, KeyError):  # a corrupt row: the legacy server decides
                 data = None
-            if (isinstance(data, dict) and isinstance(data.get("USER_ID"), str) and isinstance(data.get("PRIVATE"), str)
-                    and not data.get("ADMIN_TASK_ID") and not data.get("RESTRICT_TO_IP")):
+            if (
+                isinstance(data, dict)
+                and isinstance(data.get("USER_ID"), str)
+                and isinstance(data.get("PRIVATE"), str)
+                and not data.get("ADMIN_TASK_ID")
+                and not data.get("RESTRICT_TO_IP")
+            ):
                 result = (data["USER_ID"], data["PRIVATE"])
         self._cache.put(key, (result,), self.ttl if result else min(self.ttl, 2.0))
         return result
 
 
-def authenticate(params: dict[str, str], authorization: str | None, signed_path: str,
-                 keystore: KeyStore) -> Principal | None:
+def authenticate(
+    params: dict[str, str], authorization: str | None, signed_path: str, keystore: KeyStore
+) -> Principal | None:
     """The principal of a feed request, or None (forward it to the legacy server).
 
     *signed_path* is the path the client signed: the public request path.
@@ -188,8 +197,6 @@ def authenticate(params: dict[str, str], authorization: str | None, signed_path:
     if "auth_token" in params or "auth_hash" in params:
         return None
     basic = basic_login(authorization)
-    if basic is None:
+    if basic is None or authorization is None:
         return None
     return Principal("basic", basic[0], _keyed("basic", authorization), authorization=authorization)
-
-

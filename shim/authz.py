@@ -67,11 +67,12 @@ class Prober:
         upstream_path = translate.join_prefix(self.upstream_prefix, app_path)
         query = "stream=true"
         headers = client_headers() or [("User-Agent", "pydio-shim auth probe")]
-        if principal.kind == "basic":
+        if principal.authorization is not None:
             headers.append(("Authorization", principal.authorization))
-        else:
-            query = resign_query(query + "&auth_token=" + principal.token, principal.token, principal.private,
-                                 upstream_path)
+        elif principal.token is not None and principal.private is not None:
+            query = resign_query(
+                query + "&auth_token=" + principal.token, principal.token, principal.private, upstream_path
+            )
         response = self.upstream.send("GET", upstream_path + "?" + query, headers)
         body = response.read_all(PROBE_BODY_LIMIT)
         return response.status, response.headers, body
@@ -84,8 +85,9 @@ class Authorizer:
     returns ``(status, headers, body)`` (a :class:`Prober`).
     """
 
-    def __init__(self, engine, send_probe, ttl: float = 30.0, deny_ttl: float = 2.0, max_entries: int = 10000,
-                 clock=None):
+    def __init__(
+        self, engine, send_probe, ttl: float = 30.0, deny_ttl: float = 2.0, max_entries: int = 10000, clock=None
+    ):
         self.engine = engine
         self.send_probe = send_probe
         self.ttl = ttl
@@ -122,7 +124,9 @@ class Authorizer:
     def _identity(self, login: str) -> tuple[str | None, str | None]:
         """The login exactly as stored, and its group path; (None, None) if they do not match."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(db.users.c.login, db.users.c.groupPath).where(db.users.c.login == login)).first()
+            row = conn.execute(
+                sa.select(db.users.c.login, db.users.c.groupPath).where(db.users.c.login == login)
+            ).first()
         if row is None or row[0] != login:
             # Unknown here or differing in case: the identifier is not certain.
             return None, None

@@ -10,7 +10,8 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 Clock = Callable[[], float]
 

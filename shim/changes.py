@@ -16,7 +16,8 @@ from urllib.parse import unquote
 import sqlalchemy as sa
 from werkzeug.wrappers import Response
 
-from . import auth, db, feed, headers as header_policy
+from . import auth, db, feed
+from . import headers as header_policy
 from .phpcompat import parse_query
 from .proxy import content_length
 from .responses import RawResponse, plain
@@ -38,8 +39,11 @@ def ambiguous_credentials(environ, params) -> bool:
     """
     if any(h in environ for h in TOKEN_HEADERS):
         return True
-    kinds = (("auth_token" in params or "auth_hash" in params) + bool(environ.get("HTTP_AUTHORIZATION"))
-             + ("AjaXplorer=" in environ.get("HTTP_COOKIE", "")))
+    kinds = (
+        ("auth_token" in params or "auth_hash" in params)
+        + bool(environ.get("HTTP_AUTHORIZATION"))
+        + ("AjaXplorer=" in environ.get("HTTP_COOKIE", ""))
+    )
     return kinds > 1
 
 
@@ -83,8 +87,9 @@ class ChangesEndpoint:
         if feed_params is None:
             return forward()
         try:
-            principal = auth.authenticate(params, request.environ.get("HTTP_AUTHORIZATION"), request.public_path,
-                                          app.keystore)
+            principal = auth.authenticate(
+                params, request.environ.get("HTTP_AUTHORIZATION"), request.public_path, app.keystore
+            )
             if principal is None:
                 return forward()
             ws_key = unquote(ws, errors="strict")
@@ -104,8 +109,11 @@ class ChangesEndpoint:
             # The probe names the workspace by the id the shim resolved, never as the
             # client spelled it: a slug may have moved to another workspace since the
             # shim last looked it up, and the answer must be about the rows it sends.
-            decision, hit = app.authorizer.decide(principal, workspace.id, lambda: header_policy.client_identity_headers(
-                request.environ, request.prefix, request.trusted))
+            decision, hit = app.authorizer.decide(
+                principal,
+                workspace.id,
+                lambda: header_policy.client_identity_headers(request.environ, request.prefix, request.trusted),
+            )
         except UpstreamError as exc:
             app.metrics.upstream_errors.labels(kind="probe").inc()
             log.error("auth probe failed: %s", exc)

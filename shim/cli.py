@@ -32,7 +32,7 @@ def _load_config(args):
         return config_module.load(getattr(args, "config", None))
     except config_module.ConfigError as exc:
         print(f"pydio-shim: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG)
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 def default_gunicorn_config() -> str | None:
@@ -70,6 +70,7 @@ def cmd_settings(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo.stack import run_demo
+
     return run_demo(port=args.port, prefix=args.prefix, workdir=args.workdir)
 
 
@@ -79,6 +80,7 @@ DEFAULT_SHIM_URL = "http://127.0.0.1:8080"
 
 def cmd_doctor(args) -> int:
     from . import doctor
+
     config = _load_config(args)
     if args.password is not None and not args.user:
         print("pydio-shim doctor: --password needs --user", file=sys.stderr)
@@ -89,6 +91,7 @@ def cmd_doctor(args) -> int:
             print(f"pydio-shim doctor: --user needs a password: --password, or {DOCTOR_PASSWORD_ENV}", file=sys.stderr)
             return EXIT_CONFIG
         import getpass
+
         password = getpass.getpass(f"password of {args.user}: ")
     try:
         shim_url = doctor.check_url(args.shim_url) if args.shim_url else None
@@ -102,10 +105,15 @@ def cmd_doctor(args) -> int:
             progress.done(finding)
             print(finding.line(), flush=True)
 
-    context = doctor.Context(config, config_path=args.config, login=args.user,
-                             password=password if args.user else None, workspace_arg=args.workspace,
-                             shim_url=(shim_url or DEFAULT_SHIM_URL + (config.public_prefix or "")).rstrip("/"),
-                             timeout=args.timeout)
+    context = doctor.Context(
+        config,
+        config_path=args.config,
+        login=args.user,
+        password=password if args.user else None,
+        workspace_arg=args.workspace,
+        shim_url=(shim_url or DEFAULT_SHIM_URL + (config.public_prefix or "")).rstrip("/"),
+        timeout=args.timeout,
+    )
     findings = doctor.run(context, progress=progress.start if progress else None, report=report)
     if args.json:
         print(doctor.as_json(findings))
@@ -118,6 +126,7 @@ def cmd_install_schema(args) -> int:
     import sqlalchemy as sa
 
     from . import db, schema
+
     config = _load_config(args)
     missing_file = db.sqlite_file_problem(config.database_url)
     if missing_file:
@@ -136,14 +145,17 @@ def cmd_install_schema(args) -> int:
             print(f"pydio-shim install-schema: cannot connect: {seen}\n  fix: {fix}", file=sys.stderr)
             return 1
         try:
-            schema.install(engine, with_index=args.with_index, dry_run=args.dry_run,
-                           out=lambda line: print(line, flush=True))
+            schema.install(
+                engine, with_index=args.with_index, dry_run=args.dry_run, out=lambda line: print(line, flush=True)
+            )
         except sa.exc.SQLAlchemyError as exc:
             reason = db.first_line(exc)
-            print(f"pydio-shim install-schema: the database refused a statement: {reason}\n  fix: the user of "
-                  "database.url needs the CREATE, INDEX and TRIGGER privileges (MySQL with binary logging also "
-                  "SUPER, or log_bin_trust_function_creators = 1); what ran before stays, run it again once fixed",
-                  file=sys.stderr)
+            print(
+                f"pydio-shim install-schema: the database refused a statement: {reason}\n  fix: the user of "
+                "database.url needs the CREATE, INDEX and TRIGGER privileges (MySQL with binary logging also "
+                "SUPER, or log_bin_trust_function_creators = 1); what ran before stays, run it again once fixed",
+                file=sys.stderr,
+            )
             return 1
     finally:
         engine.dispose()
@@ -166,32 +178,55 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help="configuration file (TOML)")
     check.set_defaults(func=cmd_check_config)
 
-    doctor = sub.add_parser("doctor", help="check upstream, database, triggers, workspaces and the shim, end to end",
-                            description="Run every check and print one line each: ok, warning, failed or skipped, "
-                                        "what was seen and how to fix it. Exit status 0 when no check failed.")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check upstream, database, triggers, workspaces and the shim, end to end",
+        description="Run every check and print one line each: ok, warning, failed or skipped, "
+        "what was seen and how to fix it. Exit status 0 when no check failed.",
+    )
     doctor.add_argument("--config", help="configuration file (TOML)")
-    doctor.add_argument("--user", metavar="LOGIN", help="a test account: checks the Authorization header and, end "
-                                                        "to end, creates and deletes a test file through the shim")
-    doctor.add_argument("--password", metavar="PW", help=f"its password (better: set {DOCTOR_PASSWORD_ENV}; "
-                                                         "asked for on a terminal)")
-    doctor.add_argument("--workspace", metavar="WS", help="check only this workspace (id or slug), and use it for "
-                                                          "the account checks (default: a syncable built-in one)")
-    doctor.add_argument("--shim-url", metavar="URL", help="the shim's public URL, prefix included "
-                                                          "(default: http://127.0.0.1:8080 + public.prefix)")
-    doctor.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for each answer "
-                                                                                 "(default 10)")
+    doctor.add_argument(
+        "--user",
+        metavar="LOGIN",
+        help="a test account: checks the Authorization header and, end "
+        "to end, creates and deletes a test file through the shim",
+    )
+    doctor.add_argument(
+        "--password", metavar="PW", help=f"its password (better: set {DOCTOR_PASSWORD_ENV}; asked for on a terminal)"
+    )
+    doctor.add_argument(
+        "--workspace",
+        metavar="WS",
+        help="check only this workspace (id or slug), and use it for "
+        "the account checks (default: a syncable built-in one)",
+    )
+    doctor.add_argument(
+        "--shim-url",
+        metavar="URL",
+        help="the shim's public URL, prefix included (default: http://127.0.0.1:8080 + public.prefix)",
+    )
+    doctor.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for each answer (default 10)"
+    )
     doctor.add_argument("--json", action="store_true", help="print the findings as a JSON list, no progress")
     doctor.set_defaults(func=cmd_doctor)
 
-    install = sub.add_parser("install-schema", help="create the missing meta.syncable tables and triggers",
-                             description="Create what is missing of ajxp_changes, ajxp_index and their triggers "
-                                         "(MySQL/MariaDB, PostgreSQL, SQLite). Never alters or drops anything; "
-                                         "a second run does nothing.")
+    install = sub.add_parser(
+        "install-schema",
+        help="create the missing meta.syncable tables and triggers",
+        description="Create what is missing of ajxp_changes, ajxp_index and their triggers "
+        "(MySQL/MariaDB, PostgreSQL, SQLite). Never alters or drops anything; "
+        "a second run does nothing.",
+    )
     install.add_argument("--config", help="configuration file (TOML)")
     install.add_argument("--dry-run", action="store_true", help="print the statements, change nothing")
-    install.add_argument("--with-index", action="store_true", help="also index ajxp_changes (repository_identifier, "
-                                                                   "seq) for fast polls, showing the feed query's "
-                                                                   "plan before and after")
+    install.add_argument(
+        "--with-index",
+        action="store_true",
+        help="also index ajxp_changes (repository_identifier, "
+        "seq) for fast polls, showing the feed query's "
+        "plan before and after",
+    )
     install.set_defaults(func=cmd_install_schema)
 
     settings = sub.add_parser("settings", help="list every setting with its default (Markdown)")

@@ -22,8 +22,9 @@ import ipaddress
 import os
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "PYDIO_SHIM_"
@@ -36,16 +37,23 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; the message names it."""
 
 
-def setting(default: Any, description: str, *, required: bool = False,
-            check: Callable[[str, Any], Any] | None = None, shown: str | None = None) -> Any:
+def setting(
+    default: Any,
+    description: str,
+    *,
+    required: bool = False,
+    check: Callable[[str, Any], Any] | None = None,
+    shown: str | None = None,
+) -> Any:
     """Declare one setting as a :class:`Config` field (see the module docstring).
 
     *check(name, value)* validates a value and returns it in its canonical
     form; *shown* is how the default is written in the docs, when its
     canonical form would puzzle a reader (``"/"`` for the root prefix ``""``).
     """
-    return dataclasses.field(default=default, metadata={"description": description, "required": required,
-                                                        "check": check, "shown": shown})
+    return dataclasses.field(
+        default=default, metadata={"description": description, "required": required, "check": check, "shown": shown}
+    )
 
 
 # --- checks of single values: (setting name, value) -> value, or raise ConfigError -----------
@@ -65,10 +73,13 @@ def _optional_prefix(name: str, value: str) -> str | None:
 
 def _upstream_url(name: str, value: str) -> str:
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https", "fcgi", "unix") or (parts.scheme in ("http", "https")
-                                                                and not parts.hostname):
-        raise ConfigError(f"setting {name}: expected http://host[:port][/path], https://..., fcgi://host:port "
-                          f"or unix:/path, got {value!r}")
+    if parts.scheme not in ("http", "https", "fcgi", "unix") or (
+        parts.scheme in ("http", "https") and not parts.hostname
+    ):
+        raise ConfigError(
+            f"setting {name}: expected http://host[:port][/path], https://..., fcgi://host:port "
+            f"or unix:/path, got {value!r}"
+        )
     if parts.query or parts.fragment:
         raise ConfigError(f"setting {name}: no query or fragment allowed, got {value!r}")
     try:
@@ -84,6 +95,7 @@ def _database_url(name: str, value: str) -> str:
         return value
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     example = "mysql+pymysql://user:pw@host/db, postgresql+psycopg2://..., sqlite:////path/pydio.db"
     try:
         url = make_url(value)
@@ -98,8 +110,10 @@ def _database_url(name: str, value: str) -> str:
     except NoSuchModuleError:
         raise ConfigError(f"setting {name}: SQLAlchemy has no driver {url.drivername!r}; use {fix}...") from None
     except ImportError as exc:
-        raise ConfigError(f"setting {name}: {url.drivername}:// needs the Python module {exc.name or 'of its driver'}"
-                          f", which is not installed; use {fix}... (installed with the shim)") from None
+        raise ConfigError(
+            f"setting {name}: {url.drivername}:// needs the Python module {exc.name or 'of its driver'}"
+            f", which is not installed; use {fix}... (installed with the shim)"
+        ) from None
     return value
 
 
@@ -145,13 +159,13 @@ class BuiltinWorkspace:
     syncable: bool = False
 
 
-#: The stock built-in workspaces of a Pydio 8 install (ids 0 and 1, see docs/legacy.md).
+#: The stock built-in workspaces of a Pydio 8 install (ids 0 and 1, see docs/configuration.md).
 #: ``my-files`` is user-scoped because its PATH holds ``AJXP_USER``.
 STOCK_WORKSPACES = (
-    BuiltinWorkspace(id="0", slug="default", path="AJXP_DATA_PATH/files",
-                     recycle_bin="recycle_bin", syncable=True),
-    BuiltinWorkspace(id="1", slug="my-files", path="AJXP_DATA_PATH/personal/AJXP_USER",
-                     recycle_bin="recycle_bin", syncable=True),
+    BuiltinWorkspace(id="0", slug="default", path="AJXP_DATA_PATH/files", recycle_bin="recycle_bin", syncable=True),
+    BuiltinWorkspace(
+        id="1", slug="my-files", path="AJXP_DATA_PATH/personal/AJXP_USER", recycle_bin="recycle_bin", syncable=True
+    ),
 )
 
 
@@ -160,51 +174,79 @@ class Config:
     """Every setting of the shim, validated.  Build one with :func:`load`."""
 
     upstream_url: str = setting(
-        "", "The legacy Pydio server: http(s)://host[:port][/path] (its web server; a path is the install's "
-            "prefix), or fcgi://host:port / unix:/path (PHP-FPM directly, with document_root).",
-        required=True, check=_upstream_url)
+        "",
+        "The legacy Pydio server: http(s)://host[:port][/path] (its web server; a path is the install's "
+        "prefix), or fcgi://host:port / unix:/path (PHP-FPM directly, with document_root).",
+        required=True,
+        check=_upstream_url,
+    )
     upstream_prefix: str = setting(
-        "", "The path Pydio is installed at on that server (/ or e.g. /pydio); may differ from public.prefix.",
-        check=canonical_prefix, shown='"/"')
+        "",
+        "The path Pydio is installed at on that server (/ or e.g. /pydio); may differ from public.prefix.",
+        check=canonical_prefix,
+        shown='"/"',
+    )
     upstream_document_root: str = setting(
-        "", "With a FastCGI url: the Pydio install directory on the PHP-FPM host (where index.php is).")
+        "", "With a FastCGI url: the Pydio install directory on the PHP-FPM host (where index.php is)."
+    )
     upstream_connect_timeout: float = setting(5.0, "Seconds to wait for a connection to the legacy server.")
     upstream_read_timeout: float = setting(
-        300.0, "Seconds to wait for each piece of an answer (not the whole answer: long downloads are fine).")
+        300.0, "Seconds to wait for each piece of an answer (not the whole answer: long downloads are fine)."
+    )
     public_prefix: str | None = setting(
-        None, "The path clients reach the shim at. Empty: from a trusted proxy's X-Forwarded-Prefix, else "
-            "gunicorn's SCRIPT_NAME, else /.", check=_optional_prefix)
+        None,
+        "The path clients reach the shim at. Empty: from a trusted proxy's X-Forwarded-Prefix, else "
+        "gunicorn's SCRIPT_NAME, else /.",
+        check=_optional_prefix,
+    )
     database_url: str = setting(
-        "", "Pydio's own database, as an SQLAlchemy URL (mysql+pymysql://, postgresql+psycopg2://, "
-            "sqlite:////path). Read only.", required=True, check=_database_url)
+        "",
+        "Pydio's own database, as an SQLAlchemy URL (mysql+pymysql://, postgresql+psycopg2://, "
+        "sqlite:////path). Read only.",
+        required=True,
+        check=_database_url,
+    )
     database_feed_url: str = setting(
-        "", "Where the change feed is read from, e.g. a read-only replica. Empty: database.url.",
-        check=_database_url)
+        "", "Where the change feed is read from, e.g. a read-only replica. Empty: database.url.", check=_database_url
+    )
     database_pool_size: int = setting(
-        16, "Connections kept open per worker process and per database (as many again at busy moments).")
+        16, "Connections kept open per worker process and per database (as many again at busy moments)."
+    )
     auth_cache_ttl: float = setting(
-        30.0, "Seconds an allowed answer of the legacy server is reused before asking again. 0 asks every time.")
-    auth_deny_cache_ttl: float = setting(
-        2.0, "Seconds a refusal of the legacy server is reused (at most 5).")
+        30.0, "Seconds an allowed answer of the legacy server is reused before asking again. 0 asks every time."
+    )
+    auth_deny_cache_ttl: float = setting(2.0, "Seconds a refusal of the legacy server is reused (at most 5).")
     auth_cache_size: int = setting(
-        10000, "Entries kept per worker process in the authorization and key-store caches (least recently used "
-               "dropped).")
-    workspaces_cache_ttl: float = setting(
-        10.0, "Seconds a workspace definition read from the database is reused.")
+        10000,
+        "Entries kept per worker process in the authorization and key-store caches (least recently used dropped).",
+    )
+    workspaces_cache_ttl: float = setting(10.0, "Seconds a workspace definition read from the database is reused.")
     proxy_trusted_proxies: tuple[str, ...] = setting(
-        ("127.0.0.1", "::1"), "Addresses or networks whose X-Forwarded-* headers are believed (the proxy in "
-                              "front of the shim). Also gunicorn's forwarded_allow_ips.", check=_networks)
+        ("127.0.0.1", "::1"),
+        "Addresses or networks whose X-Forwarded-* headers are believed (the proxy in "
+        "front of the shim). Also gunicorn's forwarded_allow_ips.",
+        check=_networks,
+    )
     admin_health_path: str = setting(
-        "/_shim/health", "The health endpoint under the public prefix (JSON, 200 or 503). Empty turns it off.",
-        check=_admin_path)
+        "/_shim/health",
+        "The health endpoint under the public prefix (JSON, 200 or 503). Empty turns it off.",
+        check=_admin_path,
+    )
     admin_metrics_path: str = setting(
-        "/_shim/metrics", "The Prometheus metrics endpoint under the public prefix. Empty turns it off.",
-        check=_admin_path)
-    log_level: str = setting("INFO", "DEBUG, INFO (one access line per request), WARNING or ERROR.",
-                             check=_log_level)
-    workspaces: tuple[BuiltinWorkspace, ...] = dataclasses.field(default=STOCK_WORKSPACES, metadata={
-        "description": "The built-in workspaces Pydio defines in PHP ([[builtin_workspaces]] tables).",
-        "required": False, "check": None, "shown": None})
+        "/_shim/metrics",
+        "The Prometheus metrics endpoint under the public prefix. Empty turns it off.",
+        check=_admin_path,
+    )
+    log_level: str = setting("INFO", "DEBUG, INFO (one access line per request), WARNING or ERROR.", check=_log_level)
+    workspaces: tuple[BuiltinWorkspace, ...] = dataclasses.field(
+        default=STOCK_WORKSPACES,
+        metadata={
+            "description": "The built-in workspaces Pydio defines in PHP ([[builtin_workspaces]] tables).",
+            "required": False,
+            "check": None,
+            "shown": None,
+        },
+    )
 
     @property
     def upstream_is_fastcgi(self) -> bool:
@@ -264,8 +306,19 @@ def _declared() -> tuple[Setting, ...]:
         if f.name == WORKSPACES_FIELD:
             continue
         section, key = f.name.split("_", 1)
-        out.append(Setting(f.name, section, key, _kind(hints[f.name]), f.default, f.metadata["description"],
-                           f.metadata["required"], f.metadata["check"], f.metadata["shown"]))
+        out.append(
+            Setting(
+                f.name,
+                section,
+                key,
+                _kind(hints[f.name]),
+                f.default,
+                f.metadata["description"],
+                f.metadata["required"],
+                f.metadata["check"],
+                f.metadata["shown"],
+            )
+        )
     return tuple(out)
 
 
@@ -285,7 +338,16 @@ def _coerce(name: str, s: Setting, value):
                 raise ConfigError(f"setting {name}: must not be negative, got {value!r}")
             return number
         if s.kind == "bool":
-            if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            if isinstance(value, str) and value.strip().lower() in (
+                "true",
+                "1",
+                "yes",
+                "on",
+                "false",
+                "0",
+                "no",
+                "off",
+            ):
                 return value.strip().lower() in ("true", "1", "yes", "on")
             if not isinstance(value, bool):
                 raise ValueError
@@ -302,8 +364,13 @@ def _coerce(name: str, s: Setting, value):
     except ConfigError:
         raise
     except (TypeError, ValueError):
-        expected = {"str": "a string", "float": "a number", "int": "a whole number", "bool": "true or false",
-                    "list": "an array of strings"}[s.kind]
+        expected = {
+            "str": "a string",
+            "float": "a number",
+            "int": "a whole number",
+            "bool": "true or false",
+            "list": "an array of strings",
+        }[s.kind]
         raise ConfigError(f"setting {name}: expected {expected}, got {value!r}") from None
 
 
@@ -388,8 +455,9 @@ def load(path: str | None = None, environ: typing.Mapping[str, str] | None = Non
             values[s.field] = s.check(name, values[s.field])
     _upstream_path_as_prefix(values, names)
     if values["upstream_url"].startswith(("fcgi://", "unix:")) and not values.get("upstream_document_root"):
-        raise ConfigError("setting upstream.document_root: required with a FastCGI upstream (the Pydio install "
-                          "directory)")
+        raise ConfigError(
+            "setting upstream.document_root: required with a FastCGI upstream (the Pydio install directory)"
+        )
     return Config(**values)
 
 
@@ -404,9 +472,11 @@ def _upstream_path_as_prefix(values: dict, names: dict) -> None:
     if not path:
         return
     if "upstream_prefix" in values and values["upstream_prefix"] != path:
-        raise ConfigError(f"setting {names.get('upstream_prefix', 'upstream.prefix')}: "
-                          f"{values['upstream_prefix'] or '/'} disagrees with the path {path} of upstream.url; "
-                          "give the install's path in one place only")
+        raise ConfigError(
+            f"setting {names.get('upstream_prefix', 'upstream.prefix')}: "
+            f"{values['upstream_prefix'] or '/'} disagrees with the path {path} of upstream.url; "
+            "give the install's path in one place only"
+        )
     values["upstream_prefix"] = path
 
 
@@ -438,5 +508,7 @@ def describe(config: Config) -> str:
     """One line saying what the configuration amounts to (``check-config``)."""
     upstream = config.upstream_url + (config.upstream_prefix if not config.upstream_is_fastcgi else "")
     public = "from the request" if config.public_prefix is None else (config.public_prefix or "/")
-    return (f"upstream {upstream} (Pydio installed at {config.upstream_prefix or '/'}), public prefix {public}, "
-            f"{len(config.workspaces)} built-in workspace(s)")
+    return (
+        f"upstream {upstream} (Pydio installed at {config.upstream_prefix or '/'}), public prefix {public}, "
+        f"{len(config.workspaces)} built-in workspace(s)"
+    )

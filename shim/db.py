@@ -23,19 +23,21 @@ log = logging.getLogger(__name__)
 metadata = sa.MetaData()
 
 # The meta.syncable tables.  Column types here only serve reads; creation uses
-# the per-engine DDL below so that triggers and enum types match Pydio's.
+# the per-engine DDL of shim.schema, so that triggers and enum types match Pydio's.
 changes = sa.Table(
-    "ajxp_changes", metadata,
+    "ajxp_changes",
+    metadata,
     sa.Column("seq", sa.BigInteger, primary_key=True),
     sa.Column("repository_identifier", sa.Text),
     sa.Column("node_id", sa.BigInteger),
     sa.Column("type", sa.String(16)),
     sa.Column("source", sa.Text),
-    sa.Column("target", sa.Text),
+    sa.Column("target", sa.Text),  # the paths before and after
 )
 
 index = sa.Table(
-    "ajxp_index", metadata,
+    "ajxp_index",
+    metadata,
     sa.Column("node_id", sa.BigInteger, primary_key=True),
     sa.Column("node_path", sa.Text),
     sa.Column("bytesize", sa.BigInteger),
@@ -49,14 +51,16 @@ index = sa.Table(
 conf_metadata = sa.MetaData()
 
 users = sa.Table(
-    "ajxp_users", conf_metadata,
+    "ajxp_users",
+    conf_metadata,
     sa.Column("login", sa.String(255), primary_key=True),
     sa.Column("password", sa.String(255), nullable=False),
     sa.Column("groupPath", sa.String(255), nullable=True),
 )
 
 user_rights = sa.Table(
-    "ajxp_user_rights", conf_metadata,
+    "ajxp_user_rights",
+    conf_metadata,
     sa.Column("rid", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("login", sa.String(255), nullable=False, index=True),
     sa.Column("repo_uuid", sa.String(33), nullable=False, index=True),
@@ -64,7 +68,8 @@ user_rights = sa.Table(
 )
 
 repo = sa.Table(
-    "ajxp_repo", conf_metadata,
+    "ajxp_repo",
+    conf_metadata,
     sa.Column("uuid", sa.String(33), primary_key=True),
     sa.Column("parent_uuid", sa.String(33), nullable=True),
     sa.Column("owner_user_id", sa.String(255), nullable=True),
@@ -83,7 +88,8 @@ repo = sa.Table(
 )
 
 repo_options = sa.Table(
-    "ajxp_repo_options", conf_metadata,
+    "ajxp_repo_options",
+    conf_metadata,
     sa.Column("oid", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("uuid", sa.String(33), nullable=False, index=True),
     sa.Column("name", sa.String(50), nullable=False),
@@ -91,7 +97,8 @@ repo_options = sa.Table(
 )
 
 simple_store = sa.Table(
-    "ajxp_simple_store", conf_metadata,
+    "ajxp_simple_store",
+    conf_metadata,
     sa.Column("object_id", sa.String(255), primary_key=True),
     sa.Column("store_id", sa.String(50), primary_key=True),
     sa.Column("serialized_data", sa.Text, nullable=True),
@@ -100,7 +107,8 @@ simple_store = sa.Table(
 )
 
 roles = sa.Table(
-    "ajxp_roles", conf_metadata,
+    "ajxp_roles",
+    conf_metadata,
     sa.Column("role_id", sa.String(255), primary_key=True),
     sa.Column("serial_role", sa.Text, nullable=False),
     sa.Column("owner_user_id", sa.String(255), nullable=True),
@@ -131,7 +139,11 @@ def create_engine(url: str, pool_size: int = 5, read_only: bool = False) -> Engi
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)
         if parsed.get_backend_name() == "mysql" and "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-        if parsed.get_backend_name() == "mysql" and _is_local(parsed) and not any(k.startswith("ssl") for k in parsed.query):
+        if (
+            parsed.get_backend_name() == "mysql"
+            and _is_local(parsed)
+            and not any(k.startswith("ssl") for k in parsed.query)
+        ):
             # PyMySQL builds a TLS context for every new connection (~50 ms of
             # CPU loading CA certificates) even when TLS is not used; on the
             # loopback or a Unix socket TLS protects nothing.
@@ -224,12 +236,13 @@ def masked_url(url: str) -> str:
 def os_reason(exc: BaseException) -> str:
     """The operating system's words for a connection failure buried in *exc*, if any."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        match = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        match = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(current))
         if match:
             return match.group(1).strip()
-        exc = exc.__cause__ or exc.__context__
+        current = current.__cause__ or current.__context__
     return ""
 
 
@@ -240,36 +253,55 @@ def describe_db_error(exc: Exception, url: str) -> tuple[str, str]:
     text = str(orig)
     code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
     lower = text.lower()
-    where = f"{parsed.host or 'localhost'}:{parsed.port or {'mysql': 3306, 'postgresql': 5432}.get(parsed.get_backend_name(), '')}"
+    default_port = {"mysql": 3306, "postgresql": 5432}.get(parsed.get_backend_name(), "")
+    where = f"{parsed.host or 'localhost'}:{parsed.port or default_port}"
     user = parsed.username or "(no user)"
     name = parsed.database or "(none)"
     if code == 1045 or "password authentication failed" in lower:
-        return (f"the server at {where} refused the password of user {user!r} ({first_line(text)})",
-                "give the right password in database.url (characters such as @ : / % in it must be "
-                "percent-encoded, e.g. @ as %40)")
+        return (
+            f"the server at {where} refused the password of user {user!r} ({first_line(text)})",
+            "give the right password in database.url (characters such as @ : / % in it must be "
+            "percent-encoded, e.g. @ as %40)",
+        )
     if code == 1698 or "no pg_hba.conf entry" in lower or "peer authentication failed" in lower:
-        return (f"the server at {where} does not let user {user!r} log in from here ({first_line(text)})",
-                "MariaDB/MySQL: give the user a password login for this host; PostgreSQL: add a host line for "
-                "this client and database in pg_hba.conf")
+        return (
+            f"the server at {where} does not let user {user!r} log in from here ({first_line(text)})",
+            "MariaDB/MySQL: give the user a password login for this host; PostgreSQL: add a host line for "
+            "this client and database in pg_hba.conf",
+        )
     if code in (1044, 1142) or "permission denied" in lower:
-        return (f"user {user!r} may not use database {name!r} ({first_line(text)})",
-                f"grant the user access to {name} (SELECT, and INSERT/UPDATE/DELETE for the trigger test)")
-    if code == 1049 or (parsed.get_backend_name() == "postgresql" and "database" in lower and "does not exist" in lower):
+        return (
+            f"user {user!r} may not use database {name!r} ({first_line(text)})",
+            f"grant the user access to {name} (SELECT, and INSERT/UPDATE/DELETE for the trigger test)",
+        )
+    if code == 1049 or (
+        parsed.get_backend_name() == "postgresql" and "database" in lower and "does not exist" in lower
+    ):
         return (f"there is no database {name!r} on {where}", "correct the database name in database.url")
     if parsed.get_backend_name() == "postgresql" and "role" in lower and "does not exist" in lower:
         return (f"there is no user {user!r} on {where}", "correct the user name in database.url")
-    if code == 2005 or "could not translate host name" in lower or "name or service not known" in lower \
-            or "unknown host" in lower:
+    if (
+        code == 2005
+        or "could not translate host name" in lower
+        or "name or service not known" in lower
+        or "unknown host" in lower
+    ):
         return (f"the host {parsed.host!r} cannot be resolved", "correct the host in database.url")
     if "timeout" in lower or "timed out" in lower:
-        return (f"no answer from {where} in time (a firewall dropping packets, or the server is overloaded)",
-                "check that the database server is up and that this machine may reach it")
+        return (
+            f"no answer from {where} in time (a firewall dropping packets, or the server is overloaded)",
+            "check that the database server is up and that this machine may reach it",
+        )
     if code == 2003 or "connection refused" in lower or "could not connect" in lower:
-        return (f"nothing accepts connections at {where} (server down, closed port or wrong port)",
-                "start the database server, or correct the host and port in database.url")
+        return (
+            f"nothing accepts connections at {where} (server down, closed port or wrong port)",
+            "start the database server, or correct the host and port in database.url",
+        )
     if "unable to open database file" in lower:
-        return (f"SQLite cannot open {parsed.database!r} (a missing directory or no permission)",
-                "correct the path in database.url, and let the shim's user read and write the file and its directory")
+        return (
+            f"SQLite cannot open {parsed.database!r} (a missing directory or no permission)",
+            "correct the path in database.url, and let the shim's user read and write the file and its directory",
+        )
     return first_line(text) or exc.__class__.__name__, "correct database.url, or start the database server"
 
 
@@ -306,8 +338,11 @@ def connect_engine(url: str, timeout: float):
     if backend == "sqlite":
         problem = sqlite_file_problem(url)
         if problem:
-            raise DiagnosticError(problem, "set database.url to the SQLite file Pydio uses (an absolute path "
-                                             "needs four slashes: sqlite:////var/lib/pydio/pydio.db)")
+            raise DiagnosticError(
+                problem,
+                "set database.url to the SQLite file Pydio uses (an absolute path "
+                "needs four slashes: sqlite:////var/lib/pydio/pydio.db)",
+            )
         connect_args = {"timeout": timeout}
     elif backend == "mysql":
         if driver in ("pymysql", "mysqldb"):
@@ -327,7 +362,7 @@ def server_version(conn) -> str:
     if dialect == "postgresql":
         return "PostgreSQL " + str(conn.execute(sa.text("SHOW server_version")).scalar())
     version = str(conn.execute(sa.text("SELECT VERSION()")).scalar())
-    return ("MariaDB " if "mariadb" in version.lower() else "MySQL ") + version.split("-")[0]
+    return ("MariaDB " if "mariadb" in version.lower() else "MySQL ") + version.split("-", maxsplit=1)[0]
 
 
 def is_permission_error(exc) -> bool:
@@ -335,5 +370,10 @@ def is_permission_error(exc) -> bool:
     orig = getattr(exc, "orig", None) or exc
     code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
     text = str(orig).lower()
-    return code in (1142, 1044, 1227) or "permission denied" in text or "readonly database" in text \
-        or "read-only" in text or "read only" in text
+    return (
+        code in (1142, 1044, 1227)
+        or "permission denied" in text
+        or "readonly database" in text
+        or "read-only" in text
+        or "read only" in text
+    )

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import mimetypes
 import os
-import re
 import posixpath
+import re
 from email.utils import formatdate
 from urllib.parse import unquote
 
@@ -26,8 +26,25 @@ from .translate import join_prefix, strip_prefix
 from .upstream import CHUNK, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 #: What may be served from the document root without PHP: the web UI's assets.
-STATIC_EXTENSIONS = frozenset({".js", ".css", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".ico", ".webp",
-                               ".woff", ".woff2", ".ttf", ".eot", ".otf"})
+STATIC_EXTENSIONS = frozenset(
+    {
+        ".js",
+        ".css",
+        ".map",
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".gif",
+        ".svg",
+        ".ico",
+        ".webp",
+        ".woff",
+        ".woff2",
+        ".ttf",
+        ".eot",
+        ".otf",
+    }
+)
 _HOST_PORT = re.compile(r"^[^:]*:[0-9]{1,5}$|^\[[^\]]*\]:[0-9]{1,5}$")
 _NOT_PASSED = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix"})
 
@@ -40,8 +57,9 @@ class FastCGIUpstream:
     origin = None
 
     def __init__(self, config):
-        self.client = fastcgi.FastCGIClient(config.upstream_url, config.upstream_connect_timeout,
-                                            config.upstream_read_timeout)
+        self.client = fastcgi.FastCGIClient(
+            config.upstream_url, config.upstream_connect_timeout, config.upstream_read_timeout
+        )
         self.document_root = os.path.realpath(config.upstream_document_root)
         self.prefix = config.upstream_prefix
         self.script_name = join_prefix(self.prefix, "/index.php")
@@ -61,10 +79,18 @@ class FastCGIUpstream:
         length = 0 if body is None else len(body)
         passed = [(n, v) for n, v in headers if n.lower() not in _NOT_PASSED] + [("Host", host)]
         params = fastcgi.build_params(
-            document_root=self.document_root, script_name=self.script_name,
-            request_uri=uri.encode("latin-1", "replace"), method=method,
-            content_type=values.get("content-type"), content_length=length, remote_addr=remote,
-            server_name=server_name or host, server_port=int(port) if port else None, https=https, headers=passed)
+            document_root=self.document_root,
+            script_name=self.script_name,
+            request_uri=uri.encode("latin-1", "replace"),
+            method=method,
+            content_type=values.get("content-type"),
+            content_length=length,
+            remote_addr=remote,
+            server_name=server_name or host,
+            server_port=int(port) if port else None,
+            https=https,
+            headers=passed,
+        )
         try:
             response = self.client.request(params, body if body is not None else b"", length)
         except fastcgi.FastCGITimeout as exc:
@@ -106,8 +132,11 @@ class FastCGIUpstream:
         except OSError:
             return None  # unreadable: PHP's front controller answers instead
         ctype = mimetypes.guess_type(candidate)[0] or "application/octet-stream"
-        headers = [("Content-Type", ctype), ("Content-Length", str(stat.st_size)),
-                   ("Last-Modified", formatdate(stat.st_mtime, usegmt=True))]
+        headers = [
+            ("Content-Type", ctype),
+            ("Content-Length", str(stat.st_size)),
+            ("Last-Modified", formatdate(stat.st_mtime, usegmt=True)),
+        ]
 
         def chunks():
             with handle:

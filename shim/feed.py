@@ -102,8 +102,18 @@ def _like_prefix(prefix: str) -> str:
 def _build_feed_query(filtered: bool):
     c, i = db.changes, db.index
     query = (
-        sa.select(c.c.seq, c.c.node_id, c.c.type, c.c.source, c.c.target, i.c.bytesize, i.c.md5, i.c.mtime,
-                  i.c.node_path, c.c.repository_identifier)
+        sa.select(
+            c.c.seq,
+            c.c.node_id,
+            c.c.type,
+            c.c.source,
+            c.c.target,
+            i.c.bytesize,
+            i.c.md5,
+            i.c.mtime,
+            i.c.node_path,
+            c.c.repository_identifier,
+        )
         .select_from(c.outerjoin(i, c.c.node_id == i.c.node_id))
         .where(c.c.repository_identifier == sa.bindparam("identifier"), c.c.seq > sa.bindparam("seq"))
         .order_by(c.c.node_id, c.c.seq)
@@ -111,7 +121,7 @@ def _build_feed_query(filtered: bool):
     if filtered:
         # The engine's own LIKE decides (case-insensitive on MySQL and SQLite,
         # sensitive on PostgreSQL), exactly as it does for the legacy query.
-        pattern = sa.bindparam("pattern")
+        pattern: sa.BindParameter[str] = sa.bindparam("pattern")
         query = query.where(sa.or_(c.c.source.like(pattern, escape="!"), c.c.target.like(pattern, escape="!")))
     return query
 
@@ -222,9 +232,9 @@ def filter_out(row: dict, filter_value: str | None) -> bool:
     # so cutting its characters is the same there, but not in node_path.
     strip = len(filter_value.encode("utf-8", "surrogateescape"))
     if src_in:
-        row["source"] = row["source"][len(filter_value):]
+        row["source"] = row["source"][len(filter_value) :]
     if tgt_in:
-        row["target"] = row["target"][len(filter_value):]
+        row["target"] = row["target"][len(filter_value) :]
     node = row["node"]
     if row["type"] != "delete":
         node["node_path"] = _php7_substr(node["node_path"], strip)
@@ -284,8 +294,17 @@ def feed_rows(rows, params: FeedParams, recycle_bin: str, last_seq_box: list):
 def _printable(row: dict) -> bool:
     """False when a string of the row is not valid UTF-8 (PHP could not encode it)."""
     node = row["node"]
-    return all(is_valid_utf8_text(v) for v in (
-        row["type"], row["source"], row["target"], node["md5"], node["node_path"], node["repository_identifier"]))
+    return all(
+        is_valid_utf8_text(v)
+        for v in (
+            row["type"],
+            row["source"],
+            row["target"],
+            node["md5"],
+            node["node_path"],
+            node["repository_identifier"],
+        )
+    )
 
 
 def reset_body(stream: bool) -> bytes:
@@ -344,7 +363,9 @@ class FeedStream:
                 if not _printable(row):
                     # PHP's json_encode fails on invalid UTF-8 and prints nothing
                     # for the row; printing nothing at all keeps the output valid.
-                    log.warning("feed: skipped change seq=%s node_id=%s: a path is not valid UTF-8", row["seq"], row["node_id"])
+                    log.warning(
+                        "feed: skipped change seq=%s node_id=%s: a path is not valid UTF-8", row["seq"], row["node_id"]
+                    )
                     continue
                 text = json_encode(row)
                 if sent_any:
@@ -387,7 +408,7 @@ class FeedStream:
                     pending = getattr(dbapi_cursor, "_result", None)
                     if pending is not None:
                         pending.unbuffered_active = False
-                    dbapi_cursor.connection = None
+                    dbapi_cursor.connection = None  # type: ignore[union-attr]
             except Exception:  # already broken: closing below is enough
                 pass
         if self._result is not None:

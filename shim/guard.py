@@ -76,13 +76,21 @@ class GuardedBody:
                 yield chunk
         except Exception as exc:
             status, text = _error_for(exc)
-            log.error("%s %s failed after %d body bytes: %s: %s", self.request.method,
-                      self.request.loggable_target, fields.bytes, exc.__class__.__name__,
-                      accesslog.mask_text(str(exc)))
+            log.error(
+                "%s %s failed after %d body bytes: %s: %s",
+                self.request.method,
+                self.request.loggable_target,
+                fields.bytes,
+                exc.__class__.__name__,
+                accesslog.mask_text(str(exc)),
+            )
             if not sent:
                 body = (text + "\n").encode()
-                self.tracker(status_line(status), [("Content-Type", "text/plain; charset=utf-8"),
-                                                   ("Content-Length", str(len(body)))], sys.exc_info())
+                self.tracker(
+                    status_line(status),
+                    [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+                    sys.exc_info(),
+                )
                 fields.bytes = len(body)
                 yield body
                 return

@@ -84,8 +84,11 @@ def forwarded_headers(environ, public_prefix: str, trusted: bool) -> list[tuple[
 
 def client_identity_headers(environ, public_prefix: str, trusted: bool) -> list[tuple[str, str]]:
     """The headers saying who really asks: ``X-Forwarded-*`` and ``User-Agent`` (for probes)."""
-    return [(n, v) for n, v in forwarded_headers(environ, public_prefix, trusted)
-            if n.lower().startswith("x-forwarded-") or n.lower() == "user-agent"]
+    return [
+        (n, v)
+        for n, v in forwarded_headers(environ, public_prefix, trusted)
+        if n.lower().startswith("x-forwarded-") or n.lower() == "user-agent"
+    ]
 
 
 def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

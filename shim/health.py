@@ -31,7 +31,9 @@ def database_check(engine) -> str:
 def upstream_check(upstream, upstream_prefix: str) -> str:
     """``"ok"`` when the legacy server answers its root below 500."""
     try:
-        response = upstream.send("GET", translate.join_prefix(upstream_prefix, "/"), [("User-Agent", "pydio-shim health")])
+        response = upstream.send(
+            "GET", translate.join_prefix(upstream_prefix, "/"), [("User-Agent", "pydio-shim health")]
+        )
         response.close()
     except UpstreamError as exc:
         return f"failed: {exc}"
@@ -50,5 +52,6 @@ def health(app, detailed: bool) -> Response:
     if not detailed:
         checks = {k: v.split(":", 1)[0] for k, v in checks.items()}
     body = json.dumps({"status": "ok" if healthy else "failed", "checks": checks})
-    return Response(body, status=200 if healthy else 503, content_type="application/json",
-                    headers=[("Cache-Control", "no-store")])
+    return Response(
+        body, status=200 if healthy else 503, content_type="application/json", headers=[("Cache-Control", "no-store")]
+    )

@@ -40,7 +40,7 @@ def _ascii_target(uri: str) -> str:
     # unencoded by some clients) are percent-encoded, everything else is kept.
     if uri.isascii():
         return uri
-    return "".join(c if ord(c) < 128 else "%%%02X" % ord(c) for c in uri)
+    return "".join(c if ord(c) < 128 else f"%{ord(c):02X}" for c in uri)
 
 
 def _describe(exc: BaseException) -> str:
@@ -93,9 +93,12 @@ class HttpUpstream:
     # --- connections -------------------------------------------------------------
 
     def _connect(self) -> http.client.HTTPConnection:
+        assert self.hostname is not None  # config.load refuses an HTTP url without a host
+        conn: http.client.HTTPConnection
         if self.https:
-            conn = http.client.HTTPSConnection(self.hostname, self.port, timeout=self.connect_timeout,
-                                               context=self._tls)
+            conn = http.client.HTTPSConnection(
+                self.hostname, self.port, timeout=self.connect_timeout, context=self._tls
+            )
         else:
             conn = http.client.HTTPConnection(self.hostname, self.port, timeout=self.connect_timeout)
         try:
@@ -130,12 +133,12 @@ class HttpUpstream:
         with self._lock:
             expired = [c for c, since in self._idle if since <= deadline]
             self._idle = [(c, since) for c, since in self._idle if since > deadline]
-            if len(self._idle) < self.pool_size:
+            kept = len(self._idle) < self.pool_size
+            if kept:
                 self._idle.append((conn, time.monotonic()))
-                conn = None
         for old in expired:
             old.close()
-        if conn is not None:
+        if not kept:
             conn.close()
 
     def close(self):
@@ -198,8 +201,12 @@ class HttpUpstream:
                 raise UpstreamTimeout("the legacy server did not answer in time") from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                if reused and replayable and method in RETRYABLE_METHODS \
-                        and isinstance(exc, (ConnectionError, http.client.BadStatusLine)):
+                if (
+                    reused
+                    and replayable
+                    and method in RETRYABLE_METHODS
+                    and isinstance(exc, (ConnectionError, http.client.BadStatusLine))
+                ):
                     fresh = True  # the kept-alive connection had been closed by the server
                     continue
                 raise UpstreamError(f"the legacy server broke the connection ({_describe(exc)})") from exc
@@ -234,8 +241,9 @@ class HttpUpstream:
             except (OSError, http.client.HTTPException) as exc:
                 raise UpstreamError(f"the legacy server broke the connection mid-body ({_describe(exc)})") from exc
             if response.length:  # bytes announced by Content-Length that never came
-                raise UpstreamError(f"the legacy server closed the connection {response.length} bytes "
-                                    "before the end of the body")
+                raise UpstreamError(
+                    f"the legacy server closed the connection {response.length} bytes before the end of the body"
+                )
             state["complete"] = True
 
         def close():
@@ -248,5 +256,3 @@ class HttpUpstream:
                 conn.close()
 
         return UpstreamResponse(status, response.reason or "", headers, body_iter(), close)
-
-

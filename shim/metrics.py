@@ -21,21 +21,26 @@ class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.feed_requests = Counter("shim_feed_requests_total", "Feed requests answered by the shim, by status",
-                                     ["status"], registry=r)
-        self.feed_latency = Histogram("shim_feed_duration_seconds", "Time to send a whole feed answer",
-                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.feed_requests = Counter(
+            "shim_feed_requests_total", "Feed requests answered by the shim, by status", ["status"], registry=r
+        )
+        self.feed_latency = Histogram(
+            "shim_feed_duration_seconds", "Time to send a whole feed answer", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.feed_rows = Counter("shim_feed_rows_total", "Change rows sent by the shim", registry=r)
-        self.proxy_requests = Counter("shim_proxy_requests_total", "Requests forwarded to the legacy server, by status",
-                                      ["status"], registry=r)
-        self.proxy_latency = Histogram("shim_proxy_duration_seconds", "Time to forward a whole request",
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.proxy_bytes = Counter("shim_proxy_response_bytes_total", "Response body bytes relayed from upstream",
-                                   registry=r)
-        self.auth_cache = Counter("shim_auth_cache_total", "Authorization decisions, by cache result",
-                                  ["result"], registry=r)
-        self.upstream_errors = Counter("shim_upstream_errors_total", "Upstream failures, by kind", ["kind"],
-                                       registry=r)
+        self.proxy_requests = Counter(
+            "shim_proxy_requests_total", "Requests forwarded to the legacy server, by status", ["status"], registry=r
+        )
+        self.proxy_latency = Histogram(
+            "shim_proxy_duration_seconds", "Time to forward a whole request", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.proxy_bytes = Counter(
+            "shim_proxy_response_bytes_total", "Response body bytes relayed from upstream", registry=r
+        )
+        self.auth_cache = Counter(
+            "shim_auth_cache_total", "Authorization decisions, by cache result", ["result"], registry=r
+        )
+        self.upstream_errors = Counter("shim_upstream_errors_total", "Upstream failures, by kind", ["kind"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -133,14 +133,17 @@ class Forwarder:
         """The public and upstream URL spaces of *request*."""
         environ = request.environ
         trusted = request.trusted
-        scheme = (environ.get("HTTP_X_FORWARDED_PROTO") if trusted else None) or environ.get("wsgi.url_scheme",
-                                                                                               "http")
-        host = (environ.get("HTTP_X_FORWARDED_HOST") if trusted else None) or environ.get("HTTP_HOST") \
+        scheme = (environ.get("HTTP_X_FORWARDED_PROTO") if trusted else None) or environ.get("wsgi.url_scheme", "http")
+        host = (
+            (environ.get("HTTP_X_FORWARDED_HOST") if trusted else None)
+            or environ.get("HTTP_HOST")
             or environ.get("SERVER_NAME", "localhost")
+        )
         public_origin = f"{scheme}://{host}"
         # A FastCGI upstream has no origin of its own: PHP names the public host.
-        return translate.Mapping(public_origin, request.prefix, self.upstream.origin or public_origin,
-                                 self.upstream_prefix)
+        return translate.Mapping(
+            public_origin, request.prefix, self.upstream.origin or public_origin, self.upstream_prefix
+        )
 
     def __call__(self, request, body=None):
         """Forward *request* (its *body* when already read, as bytes); a WSGI application."""
@@ -154,9 +157,14 @@ class Forwarder:
             body = request_body(environ)
         query = request.raw_query
         if mapping.public_prefix != mapping.upstream_prefix:
-            query, body = resign_for_upstream(self.keystore, environ.get("CONTENT_TYPE", ""), request.public_path,
-                                              translate.join_prefix(self.upstream_prefix, request.app_path),
-                                              query, body)
+            query, body = resign_for_upstream(
+                self.keystore,
+                environ.get("CONTENT_TYPE", ""),
+                request.public_path,
+                translate.join_prefix(self.upstream_prefix, request.app_path),
+                query,
+                body,
+            )
         target = translate.upstream_uri(request.app_path, query, self.upstream_prefix)
         try:
             upstream = self.upstream.send(method, target, headers, body)

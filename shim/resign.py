@@ -85,8 +85,11 @@ def resign_body_head(head: bytes, content_type: str, public_path: str, upstream_
     Handles ``application/x-www-form-urlencoded`` and ``multipart/form-data``
     bodies whose ``auth_token``/``auth_hash`` fields lie within *head*.
     """
-    kind = "multipart" if content_type.startswith("multipart/form-data") else (
-        "urlencoded" if content_type.startswith("application/x-www-form-urlencoded") else None)
+    kind = (
+        "multipart"
+        if content_type.startswith("multipart/form-data")
+        else ("urlencoded" if content_type.startswith("application/x-www-form-urlencoded") else None)
+    )
     if kind is None:
         return head
     token_match = _FORM_VALUE[kind](rb"auth_token").search(head)

@@ -9,8 +9,8 @@ them (it drops entity headers from a 304, for instance).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Iterable
 
 from werkzeug.wrappers import Response
 

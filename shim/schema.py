@@ -114,9 +114,9 @@ END; $body$ LANGUAGE plpgsql""",
 ]
 
 _PG_TRIGGERS = {
-    "LOG_DELETE": "CREATE TRIGGER LOG_DELETE AFTER DELETE ON ajxp_index FOR EACH ROW EXECUTE PROCEDURE ajxp_index_delete()",
-    "LOG_INSERT": "CREATE TRIGGER LOG_INSERT AFTER INSERT ON ajxp_index FOR EACH ROW EXECUTE PROCEDURE ajxp_index_insert()",
-    "LOG_UPDATE": "CREATE TRIGGER LOG_UPDATE AFTER UPDATE ON ajxp_index FOR EACH ROW EXECUTE PROCEDURE ajxp_index_update()",
+    f"LOG_{event}": f"CREATE TRIGGER LOG_{event} AFTER {event} ON ajxp_index FOR EACH ROW "
+    f"EXECUTE PROCEDURE ajxp_index_{event.lower()}()"
+    for event in ("DELETE", "INSERT", "UPDATE")
 }
 
 _SQLITE_SYNCABLE = [
@@ -141,27 +141,34 @@ _SQLITE_SYNCABLE = [
 # SQLite has no CASE in trigger choice, so Pydio uses two update triggers;
 # "LOG_UPDATE" stands for the pair when checking what is installed.
 _SQLITE_TRIGGERS = {
-    "LOG_DELETE": ["""CREATE TRIGGER LOG_DELETE AFTER DELETE ON ajxp_index
+    "LOG_DELETE": [
+        """CREATE TRIGGER LOG_DELETE AFTER DELETE ON ajxp_index
 BEGIN
   INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
     VALUES (old.repository_identifier, old.node_id, old.node_path, 'NULL', 'delete');
-END"""],
-    "LOG_INSERT": ["""CREATE TRIGGER LOG_INSERT AFTER INSERT ON ajxp_index
+END"""
+    ],
+    "LOG_INSERT": [
+        """CREATE TRIGGER LOG_INSERT AFTER INSERT ON ajxp_index
 BEGIN
   INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
     VALUES (new.repository_identifier, new.node_id, 'NULL', new.node_path, 'create');
-END"""],
-    "LOG_UPDATE": ["""CREATE TRIGGER LOG_UPDATE_CONTENT AFTER UPDATE ON ajxp_index FOR EACH ROW
+END"""
+    ],
+    "LOG_UPDATE": [
+        """CREATE TRIGGER LOG_UPDATE_CONTENT AFTER UPDATE ON ajxp_index FOR EACH ROW
 WHEN old.node_path = new.node_path
 BEGIN
   INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
     VALUES (new.repository_identifier, new.node_id, old.node_path, new.node_path, 'content');
-END""", """CREATE TRIGGER LOG_UPDATE_PATH AFTER UPDATE ON ajxp_index FOR EACH ROW
+END""",
+        """CREATE TRIGGER LOG_UPDATE_PATH AFTER UPDATE ON ajxp_index FOR EACH ROW
 WHEN old.node_path != new.node_path
 BEGIN
   INSERT INTO ajxp_changes (repository_identifier, node_id, source, target, type)
     VALUES (new.repository_identifier, new.node_id, old.node_path, new.node_path, 'path');
-END"""],
+END""",
+    ],
 }
 
 
@@ -183,15 +190,20 @@ def installed_triggers(conn) -> set[str]:
     """Names (upper case, as in :data:`TRIGGER_NAMES`) of the triggers on ajxp_index."""
     dialect = dialect_of(conn)
     if dialect == "mysql":
-        rows = conn.execute(sa.text(
-            "SELECT trigger_name FROM information_schema.triggers "
-            "WHERE event_object_schema = DATABASE() AND event_object_table = 'ajxp_index'"))
+        rows = conn.execute(
+            sa.text(
+                "SELECT trigger_name FROM information_schema.triggers "
+                "WHERE event_object_schema = DATABASE() AND event_object_table = 'ajxp_index'"
+            )
+        )
     elif dialect == "postgresql":
-        rows = conn.execute(sa.text(
-            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = 'ajxp_index'::regclass"))
+        rows = conn.execute(
+            sa.text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = 'ajxp_index'::regclass")
+        )
     else:
-        rows = conn.execute(sa.text(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'ajxp_index'"))
+        rows = conn.execute(
+            sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'ajxp_index'")
+        )
     found = {r[0].upper() for r in rows}
     if dialect == "sqlite" and {"LOG_UPDATE_CONTENT", "LOG_UPDATE_PATH"} <= found:
         found.add("LOG_UPDATE")
@@ -235,8 +247,11 @@ def planned_statements(conn) -> list[str]:
     return planned
 
 
-_PG_FUNCTIONS = {"LOG_DELETE": "ajxp_index_delete", "LOG_INSERT": "ajxp_index_insert",
-                 "LOG_UPDATE": "ajxp_index_update"}
+_PG_FUNCTIONS = {
+    "LOG_DELETE": "ajxp_index_delete",
+    "LOG_INSERT": "ajxp_index_insert",
+    "LOG_UPDATE": "ajxp_index_update",
+}
 
 
 def _pg_missing_function(conn, trigger: str) -> list[str]:
@@ -263,8 +278,7 @@ MYSQL_PREFIX_LENGTH = 191
 def index_statement(dialect: str) -> str:
     """The ``CREATE INDEX`` for the feed index on *dialect*."""
     if dialect == "mysql":
-        return (f"CREATE INDEX {INDEX_NAME} ON ajxp_changes "
-                f"(repository_identifier({MYSQL_PREFIX_LENGTH}), seq)")
+        return f"CREATE INDEX {INDEX_NAME} ON ajxp_changes (repository_identifier({MYSQL_PREFIX_LENGTH}), seq)"
     if dialect == "postgresql":
         return f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {INDEX_NAME} ON ajxp_changes (repository_identifier, seq)"
     return f"CREATE INDEX IF NOT EXISTS {INDEX_NAME} ON ajxp_changes (repository_identifier, seq)"
@@ -290,9 +304,13 @@ def invalid_pg_index(conn) -> bool:
     """True when PostgreSQL holds an invalid (interrupted) build of the feed index."""
     if dialect_of(conn) != "postgresql":
         return False
-    row = conn.execute(sa.text(
-        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "WHERE c.relname = :name AND pg_table_is_visible(c.oid)"), {"name": INDEX_NAME}).first()
+    row = conn.execute(
+        sa.text(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = :name AND pg_table_is_visible(c.oid)"
+        ),
+        {"name": INDEX_NAME},
+    ).first()
     return row is not None and not row[0]
 
 
@@ -327,8 +345,9 @@ def sample_poll(conn) -> tuple[str, int]:
     """A typical poll to explain: the most recently changed identifier, the last 100 changes."""
     if "ajxp_changes" not in installed_tables(conn):
         return "0", 0
-    row = conn.execute(sa.select(db.changes.c.repository_identifier, db.changes.c.seq)
-                       .order_by(db.changes.c.seq.desc()).limit(1)).first()
+    row = conn.execute(
+        sa.select(db.changes.c.repository_identifier, db.changes.c.seq).order_by(db.changes.c.seq.desc()).limit(1)
+    ).first()
     if row is None:
         return "0", 0
     return row[0], max(0, int(row[1]) - 100)
@@ -337,8 +356,9 @@ def sample_poll(conn) -> tuple[str, int]:
 def explain_feed_query(conn, identifier: str, seq: int) -> list[str]:
     """The engine's plan for :func:`shim.feed.feed_query`, one line per plan row."""
     dialect = dialect_of(conn)
-    sql = str(feed.feed_query(identifier, seq, None).compile(
-        dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    sql = str(
+        feed.feed_query(identifier, seq, None).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+    )
     if dialect == "sqlite":
         rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql).all()
         return [str(r[-1]) for r in rows]
@@ -348,9 +368,14 @@ def explain_feed_query(conn, identifier: str, seq: int) -> list[str]:
     keys = list(rows.keys())
     lines = []
     for r in rows.all():
-        values = dict(zip(keys, r))
-        lines.append(" ".join(f"{k}={values[k]}" for k in ("table", "type", "possible_keys", "key", "key_len",
-                                                            "rows", "Extra") if k in values))
+        values = dict(zip(keys, r, strict=True))
+        lines.append(
+            " ".join(
+                f"{k}={values[k]}"
+                for k in ("table", "type", "possible_keys", "key", "key_len", "rows", "Extra")
+                if k in values
+            )
+        )
     return lines
 
 
@@ -373,23 +398,28 @@ def install(engine, with_index: bool = False, dry_run: bool = False, out=print) 
     with engine.connect() as conn:
         todo = plan(conn, with_index)
         sample = sample_poll(conn) if with_index else None
-        before = explain_feed_query(conn, *sample) if with_index and "ajxp_changes" in installed_tables(conn) \
-            else None
+        before = None
+        if sample is not None and "ajxp_changes" in installed_tables(conn):
+            before = explain_feed_query(conn, *sample)
     terminator = ";"
     if dry_run:
         out(f"-- pydio-shim install-schema --dry-run ({todo.dialect}): nothing is changed")
-    if with_index and before is not None:
+    if with_index and before is not None and sample is not None:
         out(f"-- feed query plan before, for repository_identifier {sample[0]!r} after seq {sample[1]}:")
         for line in before:
             out(f"--   {line}")
     elif with_index:
         out("-- feed query plan before: none, there is no ajxp_changes table yet")
     if todo.index_invalid:
-        out(f"-- index {INDEX_NAME} exists but is INVALID (an interrupted build): drop it with "
-            f"DROP INDEX CONCURRENTLY {INDEX_NAME}; then run this again")
+        out(
+            f"-- index {INDEX_NAME} exists but is INVALID (an interrupted build): drop it with "
+            f"DROP INDEX CONCURRENTLY {INDEX_NAME}; then run this again"
+        )
     if not todo.statements:
-        out("-- nothing to do: the tables and triggers are installed"
-            + (f", and the feed index ({todo.index_present})" if with_index and todo.index_present else ""))
+        out(
+            "-- nothing to do: the tables and triggers are installed"
+            + (f", and the feed index ({todo.index_present})" if with_index and todo.index_present else "")
+        )
         return todo
     for statement in todo.schema:
         out(statement + terminator)
@@ -406,8 +436,11 @@ def install(engine, with_index: bool = False, dry_run: bool = False, out=print) 
                 conn.exec_driver_sql("ANALYZE TABLE ajxp_changes").all()
             elif todo.dialect == "postgresql":
                 conn.exec_driver_sql("ANALYZE ajxp_changes")
-            after = explain_feed_query(conn, *sample)
-        out(f"-- feed query plan after, for repository_identifier {sample[0]!r} after seq {sample[1]}:")
+            after = explain_feed_query(conn, *(sample or ("0", 0)))
+        out(
+            f"-- feed query plan after, for repository_identifier {(sample or ('0', 0))[0]!r} after seq "
+            f"{(sample or ('0', 0))[1]}:"
+        )
         for line in after:
             out(f"--   {line}")
     if dry_run:

@@ -129,7 +129,7 @@ class Mapping:
     def to_public_url(self, value: str) -> str:
         """Rewrite an absolute or absolute-path URL naming the upstream into the public space."""
         if value.startswith(self.upstream_base) and _boundary(value, len(self.upstream_base)):
-            return self.public_base + value[len(self.upstream_base):]
+            return self.public_base + value[len(self.upstream_base) :]
         if value.startswith("/") and not value.startswith("//"):
             rel = strip_prefix(value, self.upstream_prefix)
             if rel is not None:
@@ -148,7 +148,9 @@ class Mapping:
                 rel = strip_prefix(val.strip() or "/", self.upstream_prefix)
                 if rel is not None:
                     if rel == "/":  # the prefix itself: keep the client's trailing-slash choice
-                        new_path = (self.public_prefix + "/") if val.strip().endswith("/") else (self.public_prefix or "/")
+                        new_path = (
+                            (self.public_prefix + "/") if val.strip().endswith("/") else (self.public_prefix or "/")
+                        )
                     else:
                         new_path = join_prefix(self.public_prefix, rel)
                     attribute = f" {name}={new_path}"
@@ -192,8 +194,14 @@ def rewrite_response_headers(headers: list[tuple[str, str]], mapping: Mapping) -
 
 # --- absolute URLs inside web UI bodies ---------------------------------------------
 
-REWRITABLE_TYPES = ("text/html", "text/xml", "application/xml", "application/json", "application/javascript",
-                    "text/javascript")
+REWRITABLE_TYPES = (
+    "text/html",
+    "text/xml",
+    "application/xml",
+    "application/json",
+    "application/javascript",
+    "text/javascript",
+)
 
 
 def should_rewrite_body(app_path: str, headers: list[tuple[str, str]], mapping: Mapping) -> bool:
@@ -233,7 +241,7 @@ def rewrite_body_urls(chunks, mapping: Mapping):
         for match in pattern.finditer(buffer):
             if match.start() >= limit:
                 break
-            out.append(buffer[position:match.start()])
+            out.append(buffer[position : match.start()])
             out.append(replacements[match.group()])
             position = match.end()
         safe = max(position, limit)

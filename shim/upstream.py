@@ -17,8 +17,9 @@ Both refuse an answer whose framing could be read two ways (see
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 #: Bytes relayed per read: 256 KiB moved 1 GiB half again as fast as 64 KiB for
 #: half the CPU (docs/benchmarks.md), and stays small next to a worker's memory.
@@ -85,9 +86,10 @@ class UpstreamResponse:
 class Upstream(Protocol):
     """The legacy server, as the shim sends requests to it."""
 
-    #: ``scheme://host[:port]`` of the legacy server, or None when PHP names the
-    #: public host itself (FastCGI): URL rewriting then maps paths only.
-    origin: str | None
+    @property
+    def origin(self) -> str | None:
+        """``scheme://host[:port]`` of the legacy server, or None when PHP names the public
+        host itself (FastCGI): URL rewriting then maps paths only."""
 
     def send(self, method: str, target: str, headers: list[tuple[str, str]], body=None) -> UpstreamResponse:
         """Send one request; *target* is the exact request target (path and query).
@@ -114,7 +116,8 @@ def check_framing(headers: list[tuple[str, str]]) -> None:
     value holding a CR or another control character: a proxy that passes such
     an answer on lets the next hop split it differently (response splitting).
     """
-    lengths, chunked = [], False
+    lengths: list[str] = []
+    chunked = False
     for name, value in headers:
         if not _NAME.fullmatch(name):
             raise UpstreamError(f"the legacy server sent an invalid header name {name[:40]!r}")
@@ -137,6 +140,8 @@ def make_upstream(config) -> Upstream:
     """The transport named by ``upstream.url`` (HTTP or FastCGI)."""
     if config.upstream_is_fastcgi:
         from .fcgi_upstream import FastCGIUpstream
+
         return FastCGIUpstream(config)
     from .http_upstream import HttpUpstream
+
     return HttpUpstream(config.upstream_url, config.upstream_connect_timeout, config.upstream_read_timeout)

@@ -74,13 +74,14 @@ def decode_option(raw) -> object:
     data = db.as_bytes(raw)
     try:
         if data.startswith(b"$phpserial$"):
-            return phpserialize.loads(data[len(b"$phpserial$"):], decode_strings=True)
+            return phpserialize.loads(data[len(b"$phpserial$") :], decode_strings=True)
         if data.startswith(b"$json$"):
-            return json.loads(data[len(b"$json$"):])
+            return json.loads(data[len(b"$json$") :])
     except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         # phpserialize raises any of these on a truncated or corrupt value.
-        log.warning("workspaces: an option could not be decoded (%s); the legacy server answers for it",
-                    exc.__class__.__name__)
+        log.warning(
+            "workspaces: an option could not be decoded (%s); the legacy server answers for it", exc.__class__.__name__
+        )
         raise OptionError(str(exc)) from None
     return data.decode("utf-8", "replace")
 
@@ -98,8 +99,13 @@ def is_syncable(meta_sources) -> bool:
 
 
 def from_builtin(ws: BuiltinWorkspace) -> Workspace:
-    return Workspace(id=ws.id, slug=ws.slug, scope=scope_of(ws.path, ws.container, ws.access_type),
-                     recycle_bin=ws.recycle_bin, syncable=ws.syncable)
+    return Workspace(
+        id=ws.id,
+        slug=ws.slug,
+        scope=scope_of(ws.path, ws.container, ws.access_type),
+        recycle_bin=ws.recycle_bin,
+        syncable=ws.syncable,
+    )
 
 
 class WorkspaceResolver:
@@ -143,8 +149,9 @@ class WorkspaceResolver:
         return next((ws for ws in self.builtins if ws.slug == key), None)
 
     def _options(self, conn, uuid: str) -> dict:
-        rows = conn.execute(sa.select(db.repo_options.c.name, db.repo_options.c.val)
-                            .where(db.repo_options.c.uuid == uuid)).all()
+        rows = conn.execute(
+            sa.select(db.repo_options.c.name, db.repo_options.c.val).where(db.repo_options.c.uuid == uuid)
+        ).all()
         return {name: decode_option(val) for name, val in rows}
 
     def _from_row(self, conn, row) -> Workspace | None:
@@ -166,6 +173,10 @@ class WorkspaceResolver:
         recycle = options.get("RECYCLE_BIN", "")
         if not recycle and parent_is_template:
             recycle = parent_options.get("RECYCLE_BIN", "")  # options not set are read from the template
-        return Workspace(id=row["uuid"], slug=row["slug"] or row["uuid"], scope=scope,
-                         recycle_bin=recycle if isinstance(recycle, str) else "",
-                         syncable=is_syncable(options.get("META_SOURCES")))
+        return Workspace(
+            id=row["uuid"],
+            slug=row["slug"] or row["uuid"],
+            scope=scope,
+            recycle_bin=recycle if isinstance(recycle, str) else "",
+            syncable=is_syncable(options.get("META_SOURCES")),
+        )

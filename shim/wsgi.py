@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import typing
 
 import sqlalchemy as sa
 from werkzeug.exceptions import HTTPException
@@ -54,8 +55,10 @@ def url_map(config: config_module.Config) -> Map:
     slash merging, no redirect to a canonical form (PHP routes only the exact
     form, so the shim does too).
     """
-    rules = [Rule("/api/<ws>/changes/<seq>", endpoint="changes", methods=FEED_METHODS),
-             Rule("/api/<ws>/changes/<seq>/", endpoint="changes", methods=FEED_METHODS)]
+    rules = [
+        Rule("/api/<ws>/changes/<seq>", endpoint="changes", methods=FEED_METHODS),
+        Rule("/api/<ws>/changes/<seq>/", endpoint="changes", methods=FEED_METHODS),
+    ]
     if config.admin_health_path:
         rules.append(Rule(config.admin_health_path, endpoint="health"))
     if config.admin_metrics_path:
@@ -71,16 +74,22 @@ class ShimApp:
         self.engine = db.create_engine(config.database_url, config.database_pool_size)
         # The feed reads through an engine of its own (a replica's, or the
         # primary's tuned for reads); everything else uses self.engine.
-        self.feed_engine = db.create_engine(config.database_feed_url or config.database_url,
-                                            config.database_pool_size, read_only=True)
+        self.feed_engine = db.create_engine(
+            config.database_feed_url or config.database_url, config.database_pool_size, read_only=True
+        )
         self.upstream = upstream or make_upstream(config)
         self.metrics = Metrics()
         self.trust = Trust(config.proxy_trusted_proxies)
         self.workspaces = WorkspaceResolver(self.engine, config.workspaces, config.workspaces_cache_ttl, clock=clock)
         self.keystore = auth.KeyStore(self.engine, config.auth_cache_ttl, config.auth_cache_size, clock=clock)
-        self.authorizer = authz.Authorizer(self.engine, authz.Prober(self.upstream, config.upstream_prefix),
-                                           config.auth_cache_ttl, config.auth_deny_cache_ttl,
-                                           config.auth_cache_size, clock=clock)
+        self.authorizer = authz.Authorizer(
+            self.engine,
+            authz.Prober(self.upstream, config.upstream_prefix),
+            config.auth_cache_ttl,
+            config.auth_deny_cache_ttl,
+            config.auth_cache_size,
+            clock=clock,
+        )
         self.forward = Forwarder(self.upstream, config.upstream_prefix, self.keystore, self.metrics)
         self.changes = ChangesEndpoint(self)
         self.adapter = url_map(config).bind("shim", url_scheme="http")
@@ -125,7 +134,7 @@ class ShimApp:
             return self.changes(request, **values)
         return self.forward(request)
 
-    def match(self, request) -> tuple[str | None, dict]:
+    def match(self, request) -> tuple[str | None, typing.Mapping[str, str]]:
         """``(endpoint, values)`` of the route *request* names, ``(None, {})`` for the forwarder."""
         path = request.app_path
         # Werkzeug matches "/" + path.lstrip("/"): a path PHP would not route

@@ -19,8 +19,11 @@ import pytest
 import sqlalchemy as sa
 
 from shim import db, schema
-from shim.demo.standin import LegacyStandin
 from shim.demo.stack import ServerThread
+from shim.demo.standin import LegacyStandin
+
+#: Fixtures of their own modules: php_fpm (a real php-fpm).
+pytest_plugins = ["phpfpm"]
 
 MYSQL_ADMIN_URL = os.environ.get("SHIM_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/")
 PG_ADMIN_URL = os.environ.get("SHIM_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -60,10 +63,97 @@ def _create_database(engine_name: str, tmp_path) -> tuple[str, callable]:
     def drop():
         with admin.connect() as conn:
             if engine_name == "postgresql":
-                conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+                conn.execute(
+                    sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+                )
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
         admin.dispose()
+
     return url, drop
+
+
+def _schema_signature(url: str) -> tuple:
+    """What a test may have changed in a database's schema: tables, their columns, indexes and triggers."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            tables = tuple(
+                sorted(
+                    (
+                        t,
+                        tuple((c["name"], str(c["type"])) for c in inspector.get_columns(t)),
+                        tuple(sorted(i["name"] or "" for i in inspector.get_indexes(t))),
+                    )
+                    for t in inspector.get_table_names()
+                )
+            )
+            triggers = (
+                tuple(sorted(schema.installed_triggers(conn))) if any(t[0] == "ajxp_index" for t in tables) else ()
+            )
+        return tables, triggers
+    finally:
+        engine.dispose()
+
+
+class SharedDatabase:
+    """One database per engine and test process, holding Pydio's schema, emptied between tests.
+
+    Creating a MariaDB or PostgreSQL database costs most of a second; emptying
+    its tables costs milliseconds.  ``TRUNCATE`` also restarts the sequences,
+    so each test sees ``seq`` start at 1.  A test that changed the schema
+    (dropped a trigger, added an index) gets the database re-created after it.
+    """
+
+    def __init__(self, engine_name: str, tmp_path_factory):
+        self.engine_name = engine_name
+        self.tmp = tmp_path_factory.mktemp(f"shared-{engine_name}")
+        self._create()
+
+    def _create(self):
+        self.url, self._drop = _create_database(self.engine_name, self.tmp)
+        engine = db.create_engine(self.url)
+        with engine.begin() as conn:
+            db.create_conf_tables(conn)
+            schema.install_syncable_schema(conn)
+        engine.dispose()
+        self.signature = _schema_signature(self.url)
+
+    def reset(self):
+        """Empty every table (or re-create the database when its schema was changed)."""
+        if _schema_signature(self.url) != self.signature:
+            self.drop()
+            self._create()
+            return
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.begin() as conn:
+                names = sorted(sa.inspect(conn).get_table_names())
+                if self.engine_name == "postgresql":
+                    conn.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+                    conn.execute(sa.text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY"))
+                else:
+                    conn.execute(sa.text("SET SESSION lock_wait_timeout = 5"))
+                    for name in names:
+                        conn.execute(sa.text(f"TRUNCATE TABLE {name}"))
+        except sa.exc.OperationalError:  # a connection a test left busy holds a lock: start afresh
+            engine.dispose()
+            self.drop()
+            self._create()
+        finally:
+            engine.dispose()
+
+    def drop(self):
+        self._drop()
+
+
+@pytest.fixture(scope="session")
+def shared_databases(tmp_path_factory):
+    """The per-process shared databases, by engine, created on first use."""
+    made: dict[str, SharedDatabase] = {}
+    yield made
+    for database in made.values():
+        database.drop()
 
 
 @pytest.fixture(params=ENGINES)
@@ -80,14 +170,26 @@ def empty_db_url(engine_name, tmp_path):
 
 
 @pytest.fixture
-def db_url(empty_db_url):
-    """A new database holding Pydio's conf tables and the meta.syncable schema."""
-    engine = db.create_engine(empty_db_url)
-    with engine.begin() as conn:
-        db.create_conf_tables(conn)
-        schema.install_syncable_schema(conn)
-    engine.dispose()
-    return empty_db_url
+def db_url(engine_name, tmp_path, tmp_path_factory, shared_databases):
+    """A database holding Pydio's conf tables and the meta.syncable schema, all tables empty.
+
+    SQLite gets a new file each time (that costs nothing); MariaDB and PostgreSQL
+    a shared database emptied after each test (see :class:`SharedDatabase`).
+    """
+    if engine_name == "sqlite":
+        url, _drop = _create_database("sqlite", tmp_path)
+        engine = db.create_engine(url)
+        with engine.begin() as conn:
+            db.create_conf_tables(conn)
+            schema.install_syncable_schema(conn)
+        engine.dispose()
+        yield url
+        return
+    if engine_name not in shared_databases:
+        shared_databases[engine_name] = SharedDatabase(engine_name, tmp_path_factory)
+    database = shared_databases[engine_name]
+    yield database.url
+    database.reset()
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +231,36 @@ def standin(db_url, tmp_path):
     yield app
     server.stop()
     app.engine.dispose()
+
+
+DB_FIXTURES = {"db_url", "empty_db_url", "engine_name", "standin", "sqlite_standin"}
+NGINX_FIXTURES = {"nginx_binary", "nginx_in_front"}
+#: Modules whose tests start real servers (gunicorn, nginx, php-fpm) or move large bodies.
+SLOW_MODULES = {
+    "test_proxy",
+    "test_proxy_bulk",
+    "test_e2e_nginx",
+    "test_fastcgi_upstream",
+    "test_demo",
+    "test_denylist",
+    "test_feed_property",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by what it talks to: ``db``, ``nginx``, ``slow`` (see pytest.ini)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & DB_FIXTURES:
+            item.add_marker(pytest.mark.db)
+        if fixtures & NGINX_FIXTURES:
+            item.add_marker(pytest.mark.nginx)
+        if (
+            item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES
+            or "php_fpm" in fixtures
+            or fixtures & NGINX_FIXTURES
+        ):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -47,14 +47,28 @@ class GunicornServer:
         listener = socket.create_server(("127.0.0.1", 0))
         self.port = listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "gunicorn", "-c", CONF,
-                   "--bind", f"fd://{listener.fileno()}", "--worker-class", "gthread", "--workers", "1",
-                   "--threads", str(self.threads), "shim.wsgi:application"]
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            CONF,
+            "--bind",
+            f"fd://{listener.fileno()}",
+            "--worker-class",
+            "gthread",
+            "--workers",
+            "1",
+            "--threads",
+            str(self.threads),
+            "shim.wsgi:application",
+        ]
         self._log = open(self.log_path, "wb")
         self._out = open(self.log_path + ".stdout", "wb")
         try:
-            self.process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=self._out, stderr=self._log,
-                                            pass_fds=[listener.fileno()])
+            self.process = subprocess.Popen(
+                command, env=self.env, cwd=ROOT, stdout=self._out, stderr=self._log, pass_fds=[listener.fileno()]
+            )
         finally:
             listener.close()
         deadline = time.monotonic() + timeout

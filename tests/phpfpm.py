@@ -141,8 +141,7 @@ def php_fpm(tmp_path_factory):
         + FPM_POOL.format(name="tcp", user=user, listen=f"127.0.0.1:{port}")
     )
     command = [binary, "-F", "-y", str(conf)] + (["-R"] if as_root else [])
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               preexec_fn=die_with_parent)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)  # noqa: PLW1509 - only prctl(), safe before exec
     fpm = PhpFpm(root, docroot, unix_socket, port)
 
     def log() -> str:

@@ -8,10 +8,11 @@ import time
 import pytest
 import requests
 import sqlalchemy as sa
+from conftest import USERS
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import USERS
-from shim import config as config_module, wsgi
+from shim import config as config_module
+from shim import wsgi
 from shim.demo.stack import ServerThread
 
 ALICE = ("alice", USERS["alice"][0])
@@ -88,7 +89,9 @@ def test_health_checks_the_feed_replica(standin, db_url, serve):
 
 @pytest.mark.parametrize("engine_name", ["sqlite"])
 def test_admin_paths_follow_the_public_prefix_and_settings(standin, db_url, serve):
-    url = serve(standin.url, db_url, public_prefix="/pydio", admin_metrics_path="/internal/metrics", admin_health_path="")
+    url = serve(
+        standin.url, db_url, public_prefix="/pydio", admin_metrics_path="/internal/metrics", admin_health_path=""
+    )
     assert url.endswith("/pydio")
     metrics = requests.get(url + "/internal/metrics")
     assert metrics.status_code == 200 and "# HELP shim_feed_requests_total" in metrics.text

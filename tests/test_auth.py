@@ -25,11 +25,11 @@ import phpserialize
 import pytest
 import requests
 import sqlalchemy as sa
-
 from conftest import USERS
+
 from shim import auth, authz, config, db, schema, wsgi
-from shim.demo.standin import NOT_AUTHORIZED, REALM_HEADER
 from shim.demo.stack import ServerThread
+from shim.demo.standin import NOT_AUTHORIZED, REALM_HEADER
 
 FEED = "/api/{ws}/changes/{seq}"
 STREAM = {"stream": "true"}
@@ -47,8 +47,11 @@ def make_shim(standin, db_url):
     started = []
 
     def make(ttl: float = 30, deny_ttl: float | None = None, cache_size: int | None = None):
-        environ = {"PYDIO_SHIM_UPSTREAM_URL": standin.url, "PYDIO_SHIM_DATABASE_URL": db_url,
-                   "PYDIO_SHIM_AUTH_CACHE_TTL": str(ttl)}
+        environ = {
+            "PYDIO_SHIM_UPSTREAM_URL": standin.url,
+            "PYDIO_SHIM_DATABASE_URL": db_url,
+            "PYDIO_SHIM_AUTH_CACHE_TTL": str(ttl),
+        }
         if deny_ttl is not None:
             environ["PYDIO_SHIM_AUTH_DENY_CACHE_TTL"] = str(deny_ttl)
         if cache_size is not None:
@@ -104,8 +107,12 @@ def send(base: str, method: str, path: str, params: dict | None = None, auth_pai
 
 def answer(response) -> tuple:
     """What must be identical between the shim and the legacy server."""
-    return (response.status_code, response.content, response.headers.get("Content-Type"),
-            response.headers.get("WWW-Authenticate"))
+    return (
+        response.status_code,
+        response.content,
+        response.headers.get("Content-Type"),
+        response.headers.get("WWW-Authenticate"),
+    )
 
 
 def assert_legacy_answer(shim, standin, method, path, params=None, auth_pair=None, headers=None):
@@ -144,11 +151,15 @@ def add_workspace(engine, slug: str, path: str, syncable: bool = True) -> str:
     ws_id = uuid.uuid4().hex
     options = {"PATH": path, "RECYCLE_BIN": ""}
     if syncable:
-        options["META_SOURCES"] = "$phpserial$" + phpserialize.dumps(
-            {"meta.syncable": {"REPO_SYNCABLE": True}}).decode()
+        options["META_SOURCES"] = (
+            "$phpserial$" + phpserialize.dumps({"meta.syncable": {"REPO_SYNCABLE": True}}).decode()
+        )
     with engine.begin() as conn:
-        conn.execute(db.repo.insert().values(uuid=ws_id, slug=slug, display=slug, accessType="fs",
-                                             isTemplate=False, enabled=True, writeable=True))
+        conn.execute(
+            db.repo.insert().values(
+                uuid=ws_id, slug=slug, display=slug, accessType="fs", isTemplate=False, enabled=True, writeable=True
+            )
+        )
         for name, value in options.items():
             conn.execute(db.repo_options.insert().values(uuid=ws_id, name=name, val=value.encode()))
     return ws_id
@@ -213,15 +224,24 @@ def test_token_refusals_get_the_legacy_answer_and_no_row(standin, make_shim):
 
     nonce, digest = client_sign(path, alice["t"], alice["p"]).split(":")
     refusals = {
-        "unknown token": {**STREAM, "auth_token": secrets.token_hex(16),
-                          "auth_hash": client_sign(path, secrets.token_hex(16), alice["p"])},
+        "unknown token": {
+            **STREAM,
+            "auth_token": secrets.token_hex(16),
+            "auth_hash": client_sign(path, secrets.token_hex(16), alice["p"]),
+        },
         "signed over another seq": signed(FEED.format(ws="0", seq=5), alice),
         "signed over another workspace": signed(FEED.format(ws="1", seq=0), alice),
         "signed over the path with a prefix": signed("/pydio" + path, alice),
-        "signed with another token's private key": {**STREAM, "auth_token": alice["t"],
-                                                    "auth_hash": client_sign(path, alice["t"], bob["p"])},
-        "another token's hash": {**STREAM, "auth_token": alice["t"],
-                                 "auth_hash": client_sign(path, bob["t"], bob["p"])},
+        "signed with another token's private key": {
+            **STREAM,
+            "auth_token": alice["t"],
+            "auth_hash": client_sign(path, alice["t"], bob["p"]),
+        },
+        "another token's hash": {
+            **STREAM,
+            "auth_token": alice["t"],
+            "auth_hash": client_sign(path, bob["t"], bob["p"]),
+        },
         # PHP compares the hex strings with ==, which is case-sensitive for them.
         "upper-case digest": {**STREAM, "auth_token": alice["t"], "auth_hash": f"{nonce}:{digest.upper()}"},
         "digest without nonce": {**STREAM, "auth_token": alice["t"], "auth_hash": digest},
@@ -264,8 +284,13 @@ def test_a_captured_hash_replays_on_its_own_path_only(standin, make_shim):
     older = assert_legacy_answer(shim, standin, "GET", captured_path, {**captured, "seq_id": "0"})
     assert len(stream_rows(older.content)) > len(stream_rows(original.content))
     # ... and a filter narrows the feed; the answers still match the legacy server's byte for byte.
-    filtered = assert_legacy_answer(shim, standin, "GET", FEED.format(ws="0", seq=0),
-                                    {**signed(FEED.format(ws="0", seq=0), pair), "filter": "/alice-dir"})
+    filtered = assert_legacy_answer(
+        shim,
+        standin,
+        "GET",
+        FEED.format(ws="0", seq=0),
+        {**signed(FEED.format(ws="0", seq=0), pair), "filter": "/alice-dir"},
+    )
     assert [r["target"] for r in stream_rows(filtered.content)] == ["/inside.txt"]
 
 
@@ -304,8 +329,9 @@ def test_group_workspace_gives_each_group_only_its_rows(standin, make_shim):
     expected = {"/": ["/alice.txt"], "/sales": ["/carol.txt", "/dave.txt"]}
     for login, group in members.items():
         for ws in (ws_id, "team-space"):
-            response = assert_legacy_answer(shim, standin, "GET", FEED.format(ws=ws, seq=0), STREAM,
-                                            (login, passwords[login]))
+            response = assert_legacy_answer(
+                shim, standin, "GET", FEED.format(ws=ws, seq=0), STREAM, (login, passwords[login])
+            )
             rows = stream_rows(response.content)
             assert {r["node"]["repository_identifier"] for r in rows} == {f"{ws_id}-{group}"}, login
             assert sorted(r["target"] for r in rows) == expected[group], login
@@ -313,8 +339,9 @@ def test_group_workspace_gives_each_group_only_its_rows(standin, make_shim):
     refused = assert_legacy_answer(shim, standin, "GET", FEED.format(ws=ws_id, seq=0), STREAM, credentials("bob"))
     assert refused.status_code == 401 and not has_change_row(refused.content)
     # Nor can anyone name a group identifier as a workspace.
-    other = assert_legacy_answer(shim, standin, "GET", FEED.format(ws=f"{ws_id}-%2Fsales", seq=0), STREAM,
-                                 credentials("alice"))
+    other = assert_legacy_answer(
+        shim, standin, "GET", FEED.format(ws=f"{ws_id}-%2Fsales", seq=0), STREAM, credentials("alice")
+    )
     assert not has_change_row(other.content)
 
 
@@ -335,7 +362,7 @@ def test_unknown_workspaces_get_the_legacy_answer(standin, make_shim):
     # answer, which is no "yes", so the request is forwarded (and nothing is cached).
     standin.store.workspaces = [w for w in standin.store.workspaces if w.id != "0"]
     path = FEED.format(ws="0", seq=0)
-    for attempt in range(3):
+    for _attempt in range(3):
         before = len(standin.log)
         response = assert_legacy_answer(shim, standin, "GET", path, STREAM, credentials("alice"))
         assert response.status_code == 200 and b"Could not find workspace with id/alias 0" in response.content
@@ -389,9 +416,11 @@ def test_a_revoked_right_is_refused_within_the_ttl(standin, make_shim):
 
     # Until the TTL runs out the cached "yes" may still serve them: that is the
     # documented price of not probing on every poll.
-    for who, params, pair_ in (("alice", lambda: STREAM, credentials("alice")),
-                               ("bob's token", lambda: signed(path, pair), None)):
-        found, _ = wait_until(lambda: refused(params, pair_), ttl + 3)
+    for who, params, pair_ in (
+        ("alice", lambda: STREAM, credentials("alice")),
+        ("bob's token", lambda: signed(path, pair), None),
+    ):
+        found, _ = wait_until(lambda params=params, pair_=pair_: refused(params, pair_), ttl + 3)
         assert found, f"{who} still served after the TTL"
         response = found[0]
         assert time.monotonic() - revoked <= ttl + 1
@@ -411,7 +440,8 @@ def test_a_denial_is_cached_for_a_few_seconds_at_most(standin, make_shim):
     assert refused.status_code == 401
     standin.set_right("bob", "0", "rw")
     served, elapsed = wait_until(
-        lambda: stream_rows(requests.get(shim.url + path, params=STREAM, auth=credentials("bob")).content), 3)
+        lambda: stream_rows(requests.get(shim.url + path, params=STREAM, auth=credentials("bob")).content), 3
+    )
     assert served, "the denial outlived its TTL"
     assert elapsed <= 3
 
@@ -419,11 +449,16 @@ def test_a_denial_is_cached_for_a_few_seconds_at_most(standin, make_shim):
     pair = {"t": secrets.token_hex(16), "p": secrets.token_hex(16)}
     assert requests.get(shim.url + path, params=signed(path, pair)).status_code == 401
     with standin.engine.begin() as conn:
-        conn.execute(db.simple_store.insert().values(
-            object_id=pair["t"], store_id="keystore",
-            serialized_data=phpserialize.dumps({"USER_ID": "bob", "PRIVATE": pair["p"]}).decode()))
+        conn.execute(
+            db.simple_store.insert().values(
+                object_id=pair["t"],
+                store_id="keystore",
+                serialized_data=phpserialize.dumps({"USER_ID": "bob", "PRIVATE": pair["p"]}).decode(),
+            )
+        )
     served, elapsed = wait_until(
-        lambda: stream_rows(requests.get(shim.url + path, params=signed(path, pair)).content), 4)
+        lambda: stream_rows(requests.get(shim.url + path, params=signed(path, pair)).content), 4
+    )
     assert served, "an unknown token stayed unknown"
     assert elapsed <= 4
 
@@ -465,8 +500,11 @@ def test_token_pair_from_the_shim_signs_feed_requests(standin, make_shim):
 
     pair = token_pair(shim.url, "alice")  # forwarded to the legacy server, which stores it
     with standin.engine.connect() as conn:
-        stored = conn.execute(sa.select(db.simple_store.c.serialized_data).where(
-            db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == pair["t"])).scalar_one()
+        stored = conn.execute(
+            sa.select(db.simple_store.c.serialized_data).where(
+                db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == pair["t"]
+            )
+        ).scalar_one()
     assert phpserialize.loads(stored.encode(), decode_strings=True)["USER_ID"] == "alice"
 
     cases = [
@@ -566,8 +604,12 @@ def test_no_secret_reaches_the_logs(standin, make_shim, caplog):
     pair = token_pair(shim.url, "alice")
     requests_sent += 1
     secrets_used |= {pair["t"], pair["p"]}
-    for method, wire_path in (("GET", path), ("POST", path), ("GET", "/api/0/ls/"),
-                              ("GET", FEED.format(ws="1", seq=0))):
+    for method, wire_path in (
+        ("GET", path),
+        ("POST", path),
+        ("GET", "/api/0/ls/"),
+        ("GET", FEED.format(ws="1", seq=0)),
+    ):
         params = signed(wire_path, pair)
         send(shim.url, method, wire_path, params)
         requests_sent += 1
@@ -586,8 +628,11 @@ def test_no_secret_reaches_the_logs(standin, make_shim, caplog):
 
     wait_until(lambda: len(access_lines()) >= requests_sent, 3)
     assert len(access_lines()) >= requests_sent  # the logs were captured, one line per request
-    text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records
-                     if r.name == "shim" or r.name.startswith("shim."))
+    text = "\n".join(
+        f"{r.name} {r.getMessage()} {r.exc_text or ''}"
+        for r in caplog.records
+        if r.name == "shim" or r.name.startswith("shim.")
+    )
     leaked = sorted(s for s in secrets_used if s and s in text)
     assert not leaked, "secrets found in the shim's logs"
 
@@ -635,6 +680,7 @@ def test_no_secret_reaches_the_logs_under_percent_encoded_names(standin, make_sh
     response = connection.getresponse()
     assert response.status == 200 and stream_rows(response.read())  # PHP decodes the names too
     connection.close()
+
     def feed_lines():
         return [r for r in caplog.records if r.name == "shim.access" and "/changes/" in r.getMessage()]
 
@@ -677,8 +723,9 @@ def test_two_kinds_of_credentials_are_left_to_the_legacy_server(standin, make_sh
     direct = requests.get(standin.url + path, params=signed(path, pair), auth=credentials("bob"))
     assert answer(both) == answer(direct)
     # Basic credentials together with a web session cookie.
-    cookie = requests.get(shim.url + path, params=STREAM, auth=credentials("alice"),
-                          headers={"Cookie": "AjaXplorer=0123456789abcdef"})
+    cookie = requests.get(
+        shim.url + path, params=STREAM, auth=credentials("alice"), headers={"Cookie": "AjaXplorer=0123456789abcdef"}
+    )
     assert cookie.status_code == 200
     assert len(probe_requests(standin)) == probes
 
@@ -712,8 +759,11 @@ def test_a_lagging_replica_never_sends_the_client_back_to_zero(standin, db_url, 
         db.create_conf_tables(conn)
         schema.install_syncable_schema(conn)
     engine.dispose()
-    environ = {"PYDIO_SHIM_UPSTREAM_URL": standin.url, "PYDIO_SHIM_DATABASE_URL": db_url,
-               "PYDIO_SHIM_DATABASE_FEED_URL": replica}
+    environ = {
+        "PYDIO_SHIM_UPSTREAM_URL": standin.url,
+        "PYDIO_SHIM_DATABASE_URL": db_url,
+        "PYDIO_SHIM_DATABASE_FEED_URL": replica,
+    }
     app = wsgi.create_app(config.load(environ=environ))
     server = ServerThread(app).start()
     try:

@@ -21,10 +21,10 @@ from urllib.parse import quote_from_bytes, urlsplit
 
 import pytest
 import requests
+from conftest import USERS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import USERS
 from shim import config, wsgi
 from shim.demo.stack import ServerThread
 
@@ -46,11 +46,19 @@ def servers(standin, db_url):
         auth = (login, USERS[login][0])
         assert requests.post(f"{standin.url}/api/my-files/mkfile/{login}.txt", auth=auth).ok
         assert requests.post(f"{standin.url}/api/0/mkfile/{login}-shared.txt", auth=auth).ok
-    app = wsgi.create_app(config.load(environ={
-        "PYDIO_SHIM_UPSTREAM_URL": standin.url, "PYDIO_SHIM_DATABASE_URL": db_url, "PYDIO_SHIM_AUTH_CACHE_TTL": "30"}))
+    app = wsgi.create_app(
+        config.load(
+            environ={
+                "PYDIO_SHIM_UPSTREAM_URL": standin.url,
+                "PYDIO_SHIM_DATABASE_URL": db_url,
+                "PYDIO_SHIM_AUTH_CACHE_TTL": "30",
+            }
+        )
+    )
     server = serve(app)
-    pair = requests.get(f"{standin.url}/api/pydio/keystore_generate_auth_token/fuzz",
-                        auth=("alice", USERS["alice"][0])).json()
+    pair = requests.get(
+        f"{standin.url}/api/pydio/keystore_generate_auth_token/fuzz", auth=("alice", USERS["alice"][0])
+    ).json()
     yield server.url, standin.url, pair["t"], pair["p"]
     server.stop()
     app.engine.dispose()
@@ -74,8 +82,12 @@ def raw_request(base: str, method: str, path: str, pairs: list[tuple[bytes, byte
     try:
         connection.request(method, target, body=body, headers=headers)
         response = connection.getresponse()
-        return (response.status, response.getheader("Content-Type"), response.getheader("WWW-Authenticate"),
-                response.read())
+        return (
+            response.status,
+            response.getheader("Content-Type"),
+            response.getheader("WWW-Authenticate"),
+            response.read(),
+        )
     finally:
         connection.close()
 
@@ -95,10 +107,31 @@ def signature(path: str, token: str, private: str) -> str:
 
 # --- what hypothesis throws ----------------------------------------------------------------
 
-NASTY = [b"", b":", b"::", b"\x00", b"nonce\x00:" + b"a" * 64, b"nonce:" + b"g" * 64, b"nonce:" + b"A" * 64,
-         b"nonce", b"a" * 64, b":" + b"a" * 64, b"n:" + b"a" * 63, b"n:" + b"a" * 65, b"n:" + b"a" * 64 + b":x",
-         b"\xff\xfe:\xff", "n\u00e9:\u00e9".encode(), "\u2603:\u2603".encode(), "\U0001f600".encode(),
-         b"%00", b"%zz", b"+:+", b"n:" + "\u0660".encode() * 64, b"\xc3\xa9" * 40, b"x" * 20000]
+NASTY = [
+    b"",
+    b":",
+    b"::",
+    b"\x00",
+    b"nonce\x00:" + b"a" * 64,
+    b"nonce:" + b"g" * 64,
+    b"nonce:" + b"A" * 64,
+    b"nonce",
+    b"a" * 64,
+    b":" + b"a" * 64,
+    b"n:" + b"a" * 63,
+    b"n:" + b"a" * 65,
+    b"n:" + b"a" * 64 + b":x",
+    b"\xff\xfe:\xff",
+    "n\u00e9:\u00e9".encode(),
+    "\u2603:\u2603".encode(),
+    "\U0001f600".encode(),
+    b"%00",
+    b"%zz",
+    b"+:+",
+    b"n:" + "\u0660".encode() * 64,
+    b"\xc3\xa9" * 40,
+    b"x" * 20000,
+]
 
 
 def credential_value(real: bytes):
@@ -108,10 +141,14 @@ def credential_value(real: bytes):
         st.binary(max_size=96),
         st.text(max_size=48).map(lambda s: s.encode("utf-8", "surrogatepass")),
         st.integers(min_value=200, max_value=12000).map(lambda n: b"f" * n),
-        st.builds(lambda nonce, digest: nonce + b":" + digest.encode(), st.binary(max_size=24),
-                  st.text(alphabet=HEX, min_size=62, max_size=66)),
-        st.builds(lambda cut, extra: real[:cut] + extra, st.integers(0, len(real)), st.binary(max_size=4))
-        .filter(lambda value: value != real),  # the real value itself is a valid credential
+        st.builds(
+            lambda nonce, digest: nonce + b":" + digest.encode(),
+            st.binary(max_size=24),
+            st.text(alphabet=HEX, min_size=62, max_size=66),
+        ),
+        st.builds(lambda cut, extra: real[:cut] + extra, st.integers(0, len(real)), st.binary(max_size=4)).filter(
+            lambda value: value != real
+        ),  # the real value itself is a valid credential
     )
 
 
@@ -120,11 +157,29 @@ def b64(data: bytes) -> bytes:
 
 
 NASTY_AUTHORIZATION = [
-    b"", b"Basic", b"Basic ", b"Basic  ", b"basic", b"BASIC " + b64(b"alice:wrong"), b"Basic !!!!", b"Basic ====",
-    b"Basic " + b64(b"alice:wrong")[:-1], b"Basic " + b64(b"alice"), b"Basic " + b64(b":"), b"Basic " + b64(b":pw"),
-    b"Basic " + b64(b"alice\x00:x"), b"Basic " + b64(b"\xff\xfe:\xff"), b"Basic " + b64("\u00e5lice:p\u00e9".encode()),
-    b"Basic " + b64(b" alice :wrong"), b"Basic \xe9\xe9\xe9", b"Basic " + b"A" * 6000, b"Bearer abc.def.ghi",
-    b"Digest username=\"alice\", realm=\"Pydio API\"", b"Negotiate YII=", b"\x00", b"Basic\x00" + b64(b"alice:x"),
+    b"",
+    b"Basic",
+    b"Basic ",
+    b"Basic  ",
+    b"basic",
+    b"BASIC " + b64(b"alice:wrong"),
+    b"Basic !!!!",
+    b"Basic ====",
+    b"Basic " + b64(b"alice:wrong")[:-1],
+    b"Basic " + b64(b"alice"),
+    b"Basic " + b64(b":"),
+    b"Basic " + b64(b":pw"),
+    b"Basic " + b64(b"alice\x00:x"),
+    b"Basic " + b64(b"\xff\xfe:\xff"),
+    b"Basic " + b64("\u00e5lice:p\u00e9".encode()),
+    b"Basic " + b64(b" alice :wrong"),
+    b"Basic \xe9\xe9\xe9",
+    b"Basic " + b"A" * 6000,
+    b"Bearer abc.def.ghi",
+    b'Digest username="alice", realm="Pydio API"',
+    b"Negotiate YII=",
+    b"\x00",
+    b"Basic\x00" + b64(b"alice:x"),
     b"Basic " + b64(b"alice:" + USERS["alice"][0].encode() + b"x"),
     b"Basic " + b64(b"bob:" + USERS["alice"][0].encode()),
 ]
@@ -135,25 +190,38 @@ def authorization_value():
     return st.one_of(
         st.none(),
         st.sampled_from(NASTY_AUTHORIZATION),
-        st.builds(lambda scheme, rest: scheme + rest,
-                  st.sampled_from([b"Basic ", b"basic ", b"Bearer ", b"", b"Basic\t"]), header_bytes),
-        st.builds(lambda login, password: b"Basic " + b64(login + b":" + password),
-                  st.sampled_from([b"alice", b"bob", b"carol", b"", b"ALICE", b"alice "]), st.binary(max_size=40)),
+        st.builds(
+            lambda scheme, rest: scheme + rest,
+            st.sampled_from([b"Basic ", b"basic ", b"Bearer ", b"", b"Basic\t"]),
+            header_bytes,
+        ),
+        st.builds(
+            lambda login, password: b"Basic " + b64(login + b":" + password),
+            st.sampled_from([b"alice", b"bob", b"carol", b"", b"ALICE", b"alice "]),
+            st.binary(max_size=40),
+        ),
     )
 
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def test_malformed_token_parameters_get_a_clean_answer_and_no_row(servers):
     shim_url, standin_url, token, private = servers
 
     @FUZZ
-    @given(method=st.sampled_from(["GET", "POST"]), path=st.sampled_from(PATHS),
-           token_value=st.one_of(st.just(token.encode()), credential_value(token.encode())),
-           hash_value=credential_value(signature("/api/0/changes/0", token, private).encode()),
-           which=st.sampled_from(["both", "token", "hash"]))
+    @given(
+        method=st.sampled_from(["GET", "POST"]),
+        path=st.sampled_from(PATHS),
+        token_value=st.one_of(st.just(token.encode()), credential_value(token.encode())),
+        hash_value=credential_value(signature("/api/0/changes/0", token, private).encode()),
+        which=st.sampled_from(["both", "token", "hash"]),
+    )
     def check(method, path, token_value, hash_value, which):
         pairs = [(b"stream", b"true")]
         if which in ("both", "token"):
@@ -169,8 +237,13 @@ def test_malformed_authorization_headers_get_a_clean_answer_and_no_row(servers):
     shim_url, standin_url, token, private = servers
 
     @FUZZ
-    @given(method=st.sampled_from(["GET", "POST"]), path=st.sampled_from(PATHS), authorization=authorization_value(),
-           with_token=st.booleans(), hash_value=credential_value(b"n:" + b"0" * 64))
+    @given(
+        method=st.sampled_from(["GET", "POST"]),
+        path=st.sampled_from(PATHS),
+        authorization=authorization_value(),
+        with_token=st.booleans(),
+        hash_value=credential_value(b"n:" + b"0" * 64),
+    )
     def check(method, path, authorization, with_token, hash_value):
         pairs = [(b"stream", b"true")]
         if with_token:  # a real token with a bad hash, beside the header

@@ -67,16 +67,22 @@ def test_unknown_sections_and_settings(tmp_path):
     assert error(tmp_path, "[auth]\nttl = 3") == "setting auth.ttl: unknown setting"
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("[auth]\ncache_ttl = \"soon\"", "setting auth.cache_ttl: expected a number, got 'soon'"),
-    ("[auth]\ncache_ttl = true", "setting auth.cache_ttl: expected a number, got True"),
-    ("[auth]\ncache_ttl = -1", "setting auth.cache_ttl: must not be negative, got -1"),
-    ("[database]\npool_size = 2.5", "setting database.pool_size: expected a whole number, got 2.5"),
-    ("[database]\npool_size = -3", "setting database.pool_size: must not be negative, got -3"),
-    ("[log]\nlevel = 3", "setting log.level: expected a string, got 3"),
-    ("[proxy]\ntrusted_proxies = \"10.0.0.1\"", None),  # a comma-separated string is accepted
-    ("[proxy]\ntrusted_proxies = [1, 2]", "setting proxy.trusted_proxies: expected an array of strings, got [1, 2]"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ('[auth]\ncache_ttl = "soon"', "setting auth.cache_ttl: expected a number, got 'soon'"),
+        ("[auth]\ncache_ttl = true", "setting auth.cache_ttl: expected a number, got True"),
+        ("[auth]\ncache_ttl = -1", "setting auth.cache_ttl: must not be negative, got -1"),
+        ("[database]\npool_size = 2.5", "setting database.pool_size: expected a whole number, got 2.5"),
+        ("[database]\npool_size = -3", "setting database.pool_size: must not be negative, got -3"),
+        ("[log]\nlevel = 3", "setting log.level: expected a string, got 3"),
+        ('[proxy]\ntrusted_proxies = "10.0.0.1"', None),  # a comma-separated string is accepted
+        (
+            "[proxy]\ntrusted_proxies = [1, 2]",
+            "setting proxy.trusted_proxies: expected an array of strings, got [1, 2]",
+        ),
+    ],
+)
 def test_values_of_the_wrong_kind(tmp_path, text, expected):
     if expected is None:
         assert load_text(tmp_path, text).proxy_trusted_proxies == ("10.0.0.1",)
@@ -87,28 +93,36 @@ def test_values_of_the_wrong_kind(tmp_path, text, expected):
 def test_environment_overrides_win_and_are_named_in_errors(tmp_path):
     loaded = load_text(tmp_path, "[auth]\ncache_ttl = 5", {**BASE, "PYDIO_SHIM_AUTH_CACHE_TTL": "7.5"})
     assert loaded.auth_cache_ttl == 7.5
-    assert error(tmp_path, "", {**BASE, "PYDIO_SHIM_DATABASE_POOL_SIZE": "many"}) == \
-        "setting PYDIO_SHIM_DATABASE_POOL_SIZE: expected a whole number, got 'many'"
+    assert (
+        error(tmp_path, "", {**BASE, "PYDIO_SHIM_DATABASE_POOL_SIZE": "many"})
+        == "setting PYDIO_SHIM_DATABASE_POOL_SIZE: expected a whole number, got 'many'"
+    )
     assert error(tmp_path, "", {**BASE, "PYDIO_SHIM_LOG_LEVEL": "LOUD"}).startswith("setting PYDIO_SHIM_LOG_LEVEL:")
-    assert load_text(tmp_path, "", {**BASE, "PYDIO_SHIM_PROXY_TRUSTED_PROXIES": "10.0.0.0/8, ::1"}) \
-        .proxy_trusted_proxies == ("10.0.0.0/8", "::1")
+    assert load_text(
+        tmp_path, "", {**BASE, "PYDIO_SHIM_PROXY_TRUSTED_PROXIES": "10.0.0.0/8, ::1"}
+    ).proxy_trusted_proxies == ("10.0.0.0/8", "::1")
 
 
 def test_required_settings(tmp_path):
     assert error(tmp_path, "", {}) == "setting upstream.url: required (or set PYDIO_SHIM_UPSTREAM_URL)"
-    assert error(tmp_path, "", {"PYDIO_SHIM_UPSTREAM_URL": "http://h"}) == \
-        "setting database.url: required (or set PYDIO_SHIM_DATABASE_URL)"
+    assert (
+        error(tmp_path, "", {"PYDIO_SHIM_UPSTREAM_URL": "http://h"})
+        == "setting database.url: required (or set PYDIO_SHIM_DATABASE_URL)"
+    )
 
 
 # --- single settings -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url,expected", [
-    ("ftp://host", "expected http://host[:port][/path]"),
-    ("http://", "expected http://host[:port][/path]"),
-    ("http://host:port", "the port is not a number"),
-    ("http://host/pydio?x=1", "no query or fragment allowed"),
-])
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("ftp://host", "expected http://host[:port][/path]"),
+        ("http://", "expected http://host[:port][/path]"),
+        ("http://host:port", "the port is not a number"),
+        ("http://host/pydio?x=1", "no query or fragment allowed"),
+    ],
+)
 def test_bad_upstream_urls(tmp_path, url, expected):
     message = error(tmp_path, "", {**BASE, "PYDIO_SHIM_UPSTREAM_URL": url})
     assert message.startswith("setting PYDIO_SHIM_UPSTREAM_URL:") and expected in message
@@ -122,15 +136,26 @@ def test_a_path_in_the_upstream_url_is_the_upstream_prefix(tmp_path):
     same = load_text(tmp_path, '[upstream]\nurl = "http://legacy:8081/pydio"\nprefix = "/pydio/"', environ)
     assert same.upstream_prefix == "/pydio"
     message = error(tmp_path, '[upstream]\nurl = "http://legacy:8081/pydio"\nprefix = "/"', environ)
-    assert message == ("setting upstream.prefix: / disagrees with the path /pydio of upstream.url; give the "
-                       "install's path in one place only")
+    assert message == (
+        "setting upstream.prefix: / disagrees with the path /pydio of upstream.url; give the "
+        "install's path in one place only"
+    )
 
 
 def test_fastcgi_needs_a_document_root(tmp_path):
-    assert error(tmp_path, "", {**BASE, "PYDIO_SHIM_UPSTREAM_URL": "fcgi://127.0.0.1:9000"}) == \
-        "setting upstream.document_root: required with a FastCGI upstream (the Pydio install directory)"
-    loaded = load_text(tmp_path, "", {**BASE, "PYDIO_SHIM_UPSTREAM_URL": "unix:/run/php/fpm.sock",
-                                      "PYDIO_SHIM_UPSTREAM_DOCUMENT_ROOT": "/var/www/pydio"})
+    assert (
+        error(tmp_path, "", {**BASE, "PYDIO_SHIM_UPSTREAM_URL": "fcgi://127.0.0.1:9000"})
+        == "setting upstream.document_root: required with a FastCGI upstream (the Pydio install directory)"
+    )
+    loaded = load_text(
+        tmp_path,
+        "",
+        {
+            **BASE,
+            "PYDIO_SHIM_UPSTREAM_URL": "unix:/run/php/fpm.sock",
+            "PYDIO_SHIM_UPSTREAM_DOCUMENT_ROOT": "/var/www/pydio",
+        },
+    )
     assert loaded.upstream_is_fastcgi
 
 
@@ -140,17 +165,24 @@ def test_prefixes_have_one_canonical_form(tmp_path):
     assert load_text(tmp_path, '[public]\nprefix = "/"').public_prefix == ""
     assert load_text(tmp_path, '[public]\nprefix = ""').public_prefix is None  # from the request
     assert load_text(tmp_path, "").public_prefix is None
-    assert error(tmp_path, '[public]\nprefix = "pydio"') == \
-        "setting public.prefix: a path prefix must start with '/', got 'pydio'"
+    assert (
+        error(tmp_path, '[public]\nprefix = "pydio"')
+        == "setting public.prefix: a path prefix must start with '/', got 'pydio'"
+    )
 
 
-@pytest.mark.parametrize("url,expected", [
-    ("not a url", "not an SQLAlchemy URL"),
-    ("oracle://scott@db/orcl", "engine 'oracle' is not one Pydio supports"),
-    ("mysql://root@127.0.0.1/pydio", "mysql:// needs the Python module MySQLdb, which is not installed; "
-                                      "use mysql+pymysql://..."),
-    ("mysql+nosuchdriver://root@h/p", "SQLAlchemy has no driver 'mysql+nosuchdriver'; use mysql+pymysql://..."),
-])
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("not a url", "not an SQLAlchemy URL"),
+        ("oracle://scott@db/orcl", "engine 'oracle' is not one Pydio supports"),
+        (
+            "mysql://root@127.0.0.1/pydio",
+            "mysql:// needs the Python module MySQLdb, which is not installed; use mysql+pymysql://...",
+        ),
+        ("mysql+nosuchdriver://root@h/p", "SQLAlchemy has no driver 'mysql+nosuchdriver'; use mysql+pymysql://..."),
+    ],
+)
 def test_bad_database_urls(tmp_path, url, expected):
     for name in ("PYDIO_SHIM_DATABASE_URL", "PYDIO_SHIM_DATABASE_FEED_URL"):
         message = error(tmp_path, "", {**BASE, name: url})
@@ -158,25 +190,49 @@ def test_bad_database_urls(tmp_path, url, expected):
 
 
 def test_networks_admin_paths_and_log_level(tmp_path):
-    assert error(tmp_path, '[proxy]\ntrusted_proxies = ["10.0.0.0/33"]') == \
-        "setting proxy.trusted_proxies: '10.0.0.0/33' is not an IP address or network"
-    assert error(tmp_path, '[admin]\nhealth_path = "health"') == \
-        "setting admin.health_path: must start with '/' (or be empty to turn it off)"
+    assert (
+        error(tmp_path, '[proxy]\ntrusted_proxies = ["10.0.0.0/33"]')
+        == "setting proxy.trusted_proxies: '10.0.0.0/33' is not an IP address or network"
+    )
+    assert (
+        error(tmp_path, '[admin]\nhealth_path = "health"')
+        == "setting admin.health_path: must start with '/' (or be empty to turn it off)"
+    )
     assert load_text(tmp_path, '[admin]\nmetrics_path = ""').admin_metrics_path == ""
-    assert error(tmp_path, '[log]\nlevel = "chatty"') == "setting log.level: one of DEBUG, INFO, WARNING, ERROR, got 'chatty'"
+    assert (
+        error(tmp_path, '[log]\nlevel = "chatty"')
+        == "setting log.level: one of DEBUG, INFO, WARNING, ERROR, got 'chatty'"
+    )
     assert load_text(tmp_path, '[log]\nlevel = "debug"').log_level == "DEBUG"
 
 
-@pytest.mark.parametrize("text,expected", [
-    ('builtin_workspaces = "0"', "setting builtin_workspaces: expected an array of tables ([[builtin_workspaces]])"),
-    ("builtin_workspaces = [1]", "setting builtin_workspaces[0]: expected a table"),
-    ('[[builtin_workspaces]]\nid = "0"\nslug = "d"\ncolour = "red"', "setting builtin_workspaces[0].colour: unknown key"),
-    ('[[builtin_workspaces]]\nslug = "d"', "setting builtin_workspaces[0].id: required, a non-empty string"),
-    ('[[builtin_workspaces]]\nid = "0"\nslug = ""', "setting builtin_workspaces[0].slug: required, a non-empty string"),
-    ('[[builtin_workspaces]]\nid = "0"\nslug = "d"\nsyncable = "yes"',
-     "setting builtin_workspaces[0].syncable: expected true or false"),
-    ('[[builtin_workspaces]]\nid = "0"\nslug = "d"\npath = 3', "setting builtin_workspaces[0].path: expected a string"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (
+            'builtin_workspaces = "0"',
+            "setting builtin_workspaces: expected an array of tables ([[builtin_workspaces]])",
+        ),
+        ("builtin_workspaces = [1]", "setting builtin_workspaces[0]: expected a table"),
+        (
+            '[[builtin_workspaces]]\nid = "0"\nslug = "d"\ncolour = "red"',
+            "setting builtin_workspaces[0].colour: unknown key",
+        ),
+        ('[[builtin_workspaces]]\nslug = "d"', "setting builtin_workspaces[0].id: required, a non-empty string"),
+        (
+            '[[builtin_workspaces]]\nid = "0"\nslug = ""',
+            "setting builtin_workspaces[0].slug: required, a non-empty string",
+        ),
+        (
+            '[[builtin_workspaces]]\nid = "0"\nslug = "d"\nsyncable = "yes"',
+            "setting builtin_workspaces[0].syncable: expected true or false",
+        ),
+        (
+            '[[builtin_workspaces]]\nid = "0"\nslug = "d"\npath = 3',
+            "setting builtin_workspaces[0].path: expected a string",
+        ),
+    ],
+)
 def test_builtin_workspace_errors(tmp_path, text, expected):
     assert error(tmp_path, text) == expected
 
@@ -190,12 +246,18 @@ def test_builtin_workspaces_replace_the_stock_ones(tmp_path):
 def test_check_config_prints_one_line_per_bad_setting(tmp_path):
     path = tmp_path / "shim.toml"
     path.write_text('[upstream]\nurl = "http://127.0.0.1:8000"\n[database]\nurl = "mysql://root@127.0.0.1/pydio"\n')
-    result = subprocess.run([sys.executable, "-m", "shim.cli", "check-config", "--config", str(path)],
-                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "shim.cli", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pydio-shim: setting database.url: mysql:// needs the Python module MySQLdb, which is not installed; "
-        "use mysql+pymysql://... (installed with the shim)"]
+        "use mysql+pymysql://... (installed with the shim)"
+    ]
 
 
 # --- the declarations, the example file, the docs ------------------------------------------------
@@ -211,8 +273,7 @@ def test_every_setting_is_declared_once_with_a_description():
 def test_example_configuration_has_every_setting_with_its_default():
     path = ROOT / "conf" / "shim.example.toml"
     data = tomllib.loads(path.read_text())
-    written = {(section, key) for section, values in data.items() if section != "builtin_workspaces"
-               for key in values}
+    written = {(section, key) for section, values in data.items() if section != "builtin_workspaces" for key in values}
     assert written == {(s.section, s.key) for s in config.SETTINGS}
     for s in config.SETTINGS:
         if s.required:

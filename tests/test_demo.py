@@ -12,16 +12,14 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
 import requests
-
 from gunicorn_helpers import GunicornServer
-from shim import config as config_module
-from shim.demo.standin import LegacyStandin
+
 from shim.demo.stack import ServerThread
+from shim.demo.standin import LegacyStandin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +118,7 @@ def test_every_printed_demo_command_works(tmp_path, prefix):
                 assert line is not None, "the demo exited:\n" + "".join(printed)
                 printed.append(line)
             commands = []
-            for comment, line in zip(printed, printed[1:]):
+            for comment, line in zip(printed, printed[1:], strict=False):
                 if comment.startswith("  # ") and line.startswith("  curl "):
                     commands.append((comment[4:].strip(), line.strip()))
             assert len(commands) == len(EXPECTATIONS)
@@ -155,8 +153,11 @@ def test_systemd_unit_is_valid(tmp_path):
     assert "ExecStart=/opt/pydio-shim/venv/bin/pydio-shim serve --bind 127.0.0.1:8080" in text
     assert "Environment=PYDIO_SHIM_CONFIG=" in text
     # Verified with this checkout's executable and an existing user in place of the install's.
-    local = (text.replace("/opt/pydio-shim/venv/bin/pydio-shim", str(ROOT / ".venv" / "bin" / "pydio-shim"))
-             .replace("User=pydio-shim", "User=root").replace("Group=pydio-shim", "Group=root"))
+    local = (
+        text.replace("/opt/pydio-shim/venv/bin/pydio-shim", str(ROOT / ".venv" / "bin" / "pydio-shim"))
+        .replace("User=pydio-shim", "User=root")
+        .replace("Group=pydio-shim", "Group=root")
+    )
     unit = tmp_path / "pydio-shim.service"
     unit.write_text(local)
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
@@ -208,8 +209,9 @@ def nginx_in_front(tmp_path, nginx_binary):
     legacy.install()
     legacy.add_user("alice", "alice-secret")
     legacy_server = ServerThread(legacy).start()
-    shim = GunicornServer({"PYDIO_SHIM_UPSTREAM_URL": legacy_server.url, "PYDIO_SHIM_DATABASE_URL": database_url},
-                          tmp_path).start()
+    shim = GunicornServer(
+        {"PYDIO_SHIM_UPSTREAM_URL": legacy_server.url, "PYDIO_SHIM_DATABASE_URL": database_url}, tmp_path
+    ).start()
     www = tmp_path / "www"
     (www / "pydio" / "plugins" / "gui.ajax" / "res").mkdir(parents=True)
     (www / "pydio" / "plugins" / "gui.ajax" / "res" / "app.css").write_text("body{}")
@@ -247,13 +249,15 @@ def nginx_in_front(tmp_path, nginx_binary):
 
 def _free_port():
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("host,base", [("pydio.example.com", ""), ("www.example.com", "/pydio")],
-                         ids=["at-root", "under-subpath"])
+@pytest.mark.parametrize(
+    "host,base", [("pydio.example.com", ""), ("www.example.com", "/pydio")], ids=["at-root", "under-subpath"]
+)
 def test_nginx_example_in_front_of_the_shim(nginx_in_front, host, base):
     url, legacy = nginx_in_front
     headers = {"Host": host}
@@ -266,8 +270,9 @@ def test_nginx_example_in_front_of_the_shim(nginx_in_front, host, base):
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
     # The sync client's round trip: a file op forwarded, the feed answered, a download streamed.
-    created = requests.post(f"{url}{base}/api/default/mkfile/photo.png", data={"content": "png bytes"},
-                            headers=headers, auth=auth)
+    created = requests.post(
+        f"{url}{base}/api/default/mkfile/photo.png", data={"content": "png bytes"}, headers=headers, auth=auth
+    )
     assert created.status_code == 200 and 'type="SUCCESS"' in created.text
     feed = get("/api/default/changes/0", params={"stream": "true"}, auth=auth)
     assert feed.status_code == 200 and feed.text.endswith("\nLAST_SEQ:1")
@@ -284,9 +289,17 @@ def test_nginx_example_in_front_of_the_shim(nginx_in_front, host, base):
     assert len(legacy.log) == seen
 
     # The deny list, also for names the static rule would otherwise serve.
-    for path in ("/conf/bootstrap.css", "/conf/bootstrap.json", "/CONF/x", "/core/src/x.php", "/data/files/a.txt",
-                 "/data/personal/alice/a.txt", "/.htaccess", "/plugins/editor.zoho/agent/files/x",
-                 "/plugins/x/../../conf/bootstrap.css"):
+    for path in (
+        "/conf/bootstrap.css",
+        "/conf/bootstrap.json",
+        "/CONF/x",
+        "/core/src/x.php",
+        "/data/files/a.txt",
+        "/data/personal/alice/a.txt",
+        "/.htaccess",
+        "/plugins/editor.zoho/agent/files/x",
+        "/plugins/x/../../conf/bootstrap.css",
+    ):
         response = requests.get(url + base + path, headers=headers)
         assert response.status_code == 403, (path, response.status_code)
     assert len(legacy.log) == seen

@@ -13,9 +13,10 @@ import string
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from gunicorn_helpers import GunicornServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from shim import denylist
 
 FORBIDDEN = [
@@ -133,8 +134,9 @@ def test_forbidden_paths_are_refused_under_a_public_prefix(prefixed_shim, standi
     assert list(standin.log) == []
 
 
-@pytest.mark.parametrize("target", ["/conf/bootstrap.php", "/data/files/x", "/%70ydio/conf/bootstrap.php",
-                                    "/pydioconf/x", "/x/pydio/conf"])
+@pytest.mark.parametrize(
+    "target", ["/conf/bootstrap.php", "/data/files/x", "/%70ydio/conf/bootstrap.php", "/pydioconf/x", "/x/pydio/conf"]
+)
 def test_paths_outside_the_public_prefix_are_never_forwarded(prefixed_shim, standin, target):
     standin.log.clear()
     assert status_of(prefixed_shim.port, target)[0] == 404
@@ -167,8 +169,16 @@ def test_health_stays_reachable_and_query_strings_are_not_paths(shim, standin):
 
 # --- the function itself, with generated spellings ------------------------------------------
 
-PROTECTED = ["/conf/bootstrap.php", "/core/x", "/data/files/a", "/data/personal/u/f", "/.git/config", "/a/.htaccess",
-             "/plugins/editor.zoho/agent/files/x", "/data/cache"]
+PROTECTED = [
+    "/conf/bootstrap.php",
+    "/core/x",
+    "/data/files/a",
+    "/data/personal/u/f",
+    "/.git/config",
+    "/a/.htaccess",
+    "/plugins/editor.zoho/agent/files/x",
+    "/data/cache",
+]
 
 
 @st.composite
@@ -180,7 +190,7 @@ def spellings(draw, paths=PROTECTED):
         layers = draw(st.integers(0, 3)) if char != "/" or draw(st.booleans()) else 0
         text = char
         for _ in range(layers):
-            encoded = "%{:02X}".format(ord(text[0])) + text[1:]
+            encoded = f"%{ord(text[0]):02X}" + text[1:]
             text = encoded.lower() if draw(st.booleans()) else encoded
         if char == "/" and draw(st.integers(0, 5)) == 0:
             text = draw(st.sampled_from(["//", "/./", "\\", "/x/../"]))

@@ -19,13 +19,13 @@ import phpserialize
 import pytest
 import requests
 import sqlalchemy as sa
-
 from conftest import USERS
+
 from shim import cli, db, doctor, schema, wsgi
 from shim import config as config_module
 from shim.demo.pydio_store import hash_password
-from shim.demo.standin import LegacyStandin
 from shim.demo.stack import ServerThread
+from shim.demo.standin import LegacyStandin
 
 DOCTOR_PASSWORD = USERS["alice"][0]
 
@@ -38,9 +38,11 @@ def closed_port() -> int:
 
 
 def write_config(path, upstream_url, database_url, upstream_prefix="/", public_prefix="", extra=""):
-    path.write_text(f'[upstream]\nurl = "{upstream_url}"\nprefix = "{upstream_prefix}"\n'
-                    f'[public]\nprefix = "{public_prefix}"\n'
-                    f'[database]\nurl = "{database_url}"\n{extra}')
+    path.write_text(
+        f'[upstream]\nurl = "{upstream_url}"\nprefix = "{upstream_prefix}"\n'
+        f'[public]\nprefix = "{public_prefix}"\n'
+        f'[database]\nurl = "{database_url}"\n{extra}'
+    )
     return str(path)
 
 
@@ -112,12 +114,22 @@ def table_state(database_url):
     try:
         with engine.connect() as conn:
             return {
-                "index": conn.execute(sa.text("SELECT node_id, node_path, bytesize, md5, mtime, repository_identifier "
-                                              "FROM ajxp_index ORDER BY node_id")).all(),
-                "changes": conn.execute(sa.text("SELECT seq, repository_identifier, node_id, type, source, target "
-                                                "FROM ajxp_changes ORDER BY seq")).all(),
-                "counts": (conn.execute(sa.text("SELECT COUNT(*) FROM ajxp_index")).scalar(),
-                           conn.execute(sa.text("SELECT COUNT(*) FROM ajxp_changes")).scalar()),
+                "index": conn.execute(
+                    sa.text(
+                        "SELECT node_id, node_path, bytesize, md5, mtime, repository_identifier "
+                        "FROM ajxp_index ORDER BY node_id"
+                    )
+                ).all(),
+                "changes": conn.execute(
+                    sa.text(
+                        "SELECT seq, repository_identifier, node_id, type, source, target "
+                        "FROM ajxp_changes ORDER BY seq"
+                    )
+                ).all(),
+                "counts": (
+                    conn.execute(sa.text("SELECT COUNT(*) FROM ajxp_index")).scalar(),
+                    conn.execute(sa.text("SELECT COUNT(*) FROM ajxp_changes")).scalar(),
+                ),
                 "max_seq": conn.execute(sa.text("SELECT MAX(seq) FROM ajxp_changes")).scalar(),
             }
     finally:
@@ -129,12 +141,33 @@ def table_state(database_url):
 
 def test_healthy_install_passes_every_check(stack, tmp_path, db_url, capsys, monkeypatch):
     legacy, config_path, shim_url = healthy(stack, tmp_path, db_url)
-    status, by_check, findings = run_doctor(capsys, config_path, "--user", "alice", "--shim-url", shim_url,
-                                            password=DOCTOR_PASSWORD, monkeypatch=monkeypatch)
+    status, by_check, findings = run_doctor(
+        capsys,
+        config_path,
+        "--user",
+        "alice",
+        "--shim-url",
+        shim_url,
+        password=DOCTOR_PASSWORD,
+        monkeypatch=monkeypatch,
+    )
     assert status == 0
     assert [f["status"] for f in findings] == ["ok"] * len(findings)
-    assert {"configuration", "database", "tables", "triggers", "trigger_firing", "feed_index", "workspace:0",
-            "workspace:1", "upstream", "api", "authorization", "shim", "end_to_end"} <= set(by_check)
+    assert {
+        "configuration",
+        "database",
+        "tables",
+        "triggers",
+        "trigger_firing",
+        "feed_index",
+        "workspace:0",
+        "workspace:1",
+        "upstream",
+        "api",
+        "authorization",
+        "shim",
+        "end_to_end",
+    } <= set(by_check)
     assert 'Basic realm="Pydio API"' in by_check["api"]["seen"]
     assert "ROLLED BACK" in by_check["trigger_firing"]["seen"]
     # End to end: the test file went through the shim to the legacy server and is gone again.
@@ -144,8 +177,9 @@ def test_healthy_install_passes_every_check(stack, tmp_path, db_url, capsys, mon
     assert ("create", f"/{name}") in {(r["type"], r["target"]) for r in rows}
     assert ("delete", f"/{name}") in {(r["type"], r["source"]) for r in rows}
     with legacy.engine.connect() as conn:
-        left = conn.execute(sa.text("SELECT COUNT(*) FROM ajxp_index WHERE node_path LIKE :p"),
-                            {"p": f"%{name}"}).scalar()
+        left = conn.execute(
+            sa.text("SELECT COUNT(*) FROM ajxp_index WHERE node_path LIKE :p"), {"p": f"%{name}"}
+        ).scalar()
     assert left == 0
     assert not any(name in files for _root, _dirs, files in os.walk(tmp_path / "data"))
     assert ("POST", "/api/my-files/mkfile/" + name) in set(legacy.log)
@@ -156,10 +190,26 @@ def test_healthy_install_passes_every_check(stack, tmp_path, db_url, capsys, mon
 def test_text_report_end_to_end_under_prefixes(stack, tmp_path, db_url, upstream_prefix, public_prefix):
     legacy, config_path, shim_url = healthy(stack, tmp_path, db_url, upstream_prefix, public_prefix)
     result = subprocess.run(
-        [sys.executable, "-m", "shim.cli", "doctor", "--config", config_path, "--user", "alice", "--shim-url", shim_url],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("PYDIO_SHIM_")},
-             "PYDIO_SHIM_DOCTOR_PASSWORD": DOCTOR_PASSWORD},
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "shim.cli",
+            "doctor",
+            "--config",
+            config_path,
+            "--user",
+            "alice",
+            "--shim-url",
+            shim_url,
+        ],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("PYDIO_SHIM_")},
+            "PYDIO_SHIM_DOCTOR_PASSWORD": DOCTOR_PASSWORD,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().split("\n")
     assert lines[-1] == f"doctor: {len(lines) - 1} ok"
@@ -170,7 +220,7 @@ def test_text_report_end_to_end_under_prefixes(stack, tmp_path, db_url, upstream
     assert "alice-secret" not in result.stdout + result.stderr
     # Every file operation reached the legacy server under its own prefix.
     mkfile = [uri for method, uri in legacy.log if "/mkfile/" in uri]
-    assert mkfile and all(uri.startswith((upstream_prefix.rstrip("/") + "/api/my-files/mkfile/")) for uri in mkfile)
+    assert mkfile and all(uri.startswith(upstream_prefix.rstrip("/") + "/api/my-files/mkfile/") for uri in mkfile)
 
 
 # --- the database -------------------------------------------------------------------------
@@ -229,7 +279,11 @@ def test_a_missing_trigger_is_named(stack, tmp_path, db_url, trigger, capsys, mo
 def test_trigger_test_leaves_the_tables_exactly_as_before(stack, tmp_path, db_url, capsys, monkeypatch):
     legacy = stack.legacy(db_url)
     auth = ("alice", "alice-secret")
-    for action, data in (("mkfile/a.txt", None), ("mkdir/docs", None), ("rename", {"file": "/a.txt", "filename_new": "b.txt"})):
+    for action, data in (
+        ("mkfile/a.txt", None),
+        ("mkdir/docs", None),
+        ("rename", {"file": "/a.txt", "filename_new": "b.txt"}),
+    ):
         assert requests.post(f"{legacy.url}/api/default/{action}", data=data, auth=auth).ok
     before = table_state(db_url)
     assert before["counts"][1] == 3
@@ -245,13 +299,17 @@ def test_trigger_test_leaves_the_tables_exactly_as_before(stack, tmp_path, db_ur
     assert table_state(db_url)["counts"] == (before["counts"][0] + 1, before["counts"][1] + 1)
 
 
-@pytest.mark.parametrize("url,expected", [
-    ("mysql+pymysql://root:bad-db-password@127.0.0.1:3306/mysql", "refused the password of user 'root'"),
-    ("mysql+pymysql://root@127.0.0.1:3306/no_such_pydio_db", "there is no database 'no_such_pydio_db'"),
-    ("postgresql+psycopg2://postgres@127.0.0.1:5432/no_such_pydio_db", "there is no database 'no_such_pydio_db'"),
-    ("mysql+pymysql://root@127.0.0.1:{port}/pydio", "nothing accepts connections at 127.0.0.1:{port}"),
-    ("postgresql+psycopg2://postgres:bad-db-password@127.0.0.1:{port}/pydio", "nothing accepts connections"),
-], ids=["mysql-wrong-password", "mysql-unknown-db", "pg-unknown-db", "mysql-closed-port", "pg-closed-port"])
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("mysql+pymysql://root:bad-db-password@127.0.0.1:3306/mysql", "refused the password of user 'root'"),
+        ("mysql+pymysql://root@127.0.0.1:3306/no_such_pydio_db", "there is no database 'no_such_pydio_db'"),
+        ("postgresql+psycopg2://postgres@127.0.0.1:5432/no_such_pydio_db", "there is no database 'no_such_pydio_db'"),
+        ("mysql+pymysql://root@127.0.0.1:{port}/pydio", "nothing accepts connections at 127.0.0.1:{port}"),
+        ("postgresql+psycopg2://postgres:bad-db-password@127.0.0.1:{port}/pydio", "nothing accepts connections"),
+    ],
+    ids=["mysql-wrong-password", "mysql-unknown-db", "pg-unknown-db", "mysql-closed-port", "pg-closed-port"],
+)
 def test_database_failures_are_named(stack, tmp_path, url, expected, capsys, monkeypatch):
     port = closed_port()
     url, expected = url.format(port=port), expected.format(port=port)
@@ -289,8 +347,9 @@ def test_a_missing_sqlite_file_is_not_created(stack, tmp_path, capsys, monkeypat
 def test_upstream_down(tmp_path, db_url, capsys, monkeypatch):
     port = closed_port()
     config_path = write_config(tmp_path / "shim.toml", f"http://127.0.0.1:{port}", db_url)
-    status, by_check, _ = run_doctor(capsys, config_path, "--user", "alice", password=DOCTOR_PASSWORD,
-                                     monkeypatch=monkeypatch)
+    status, by_check, _ = run_doctor(
+        capsys, config_path, "--user", "alice", password=DOCTOR_PASSWORD, monkeypatch=monkeypatch
+    )
     assert status == 1
     upstream = by_check["upstream"]
     assert upstream["status"] == "failed"
@@ -308,8 +367,9 @@ def test_upstream_down(tmp_path, db_url, capsys, monkeypatch):
 def test_rewrite_broken(stack, tmp_path, db_url, prefix, capsys, monkeypatch):
     legacy = stack.legacy(db_url, prefix=prefix, rewrite_broken=True)
     config_path = write_config(tmp_path / "shim.toml", legacy.url, db_url, upstream_prefix=prefix)
-    status, by_check, _ = run_doctor(capsys, config_path, "--user", "alice", password=DOCTOR_PASSWORD,
-                                     monkeypatch=monkeypatch)
+    status, by_check, _ = run_doctor(
+        capsys, config_path, "--user", "alice", password=DOCTOR_PASSWORD, monkeypatch=monkeypatch
+    )
     assert status == 1
     api = by_check["api"]
     base = prefix.rstrip("/")
@@ -336,8 +396,16 @@ def test_authorization_header_dropped(stack, tmp_path, db_url, capsys, monkeypat
     legacy = stack.legacy(db_url, drop_authorization=True)
     config_path = write_config(tmp_path / "shim.toml", legacy.url, db_url)
     shim_url = stack.shim(config_path)
-    status, by_check, _ = run_doctor(capsys, config_path, "--user", "alice", "--shim-url", shim_url,
-                                     password=DOCTOR_PASSWORD, monkeypatch=monkeypatch)
+    status, by_check, _ = run_doctor(
+        capsys,
+        config_path,
+        "--user",
+        "alice",
+        "--shim-url",
+        shim_url,
+        password=DOCTOR_PASSWORD,
+        monkeypatch=monkeypatch,
+    )
     assert status == 1
     finding = by_check["authorization"]
     assert finding["status"] == "failed"
@@ -352,8 +420,9 @@ def test_authorization_header_dropped(stack, tmp_path, db_url, capsys, monkeypat
 def test_a_wrong_doctor_password_is_not_blamed_on_the_server(stack, tmp_path, db_url, capsys, monkeypatch):
     legacy = stack.legacy(db_url)
     config_path = write_config(tmp_path / "shim.toml", legacy.url, db_url)
-    status, by_check, _ = run_doctor(capsys, config_path, "--user", "alice", password="wrong-secret",
-                                     monkeypatch=monkeypatch)
+    status, by_check, _ = run_doctor(
+        capsys, config_path, "--user", "alice", password="wrong-secret", monkeypatch=monkeypatch
+    )
     assert status == 1
     finding = by_check["authorization"]
     assert finding["status"] == "failed"
@@ -367,8 +436,16 @@ def test_account_without_rights_on_the_workspace(stack, tmp_path, db_url, capsys
     legacy.set_right("alice", "1", None)
     config_path = write_config(tmp_path / "shim.toml", legacy.url, db_url)
     shim_url = stack.shim(config_path)
-    status, by_check, _ = run_doctor(capsys, config_path, "--user", "alice", "--shim-url", shim_url,
-                                     password=DOCTOR_PASSWORD, monkeypatch=monkeypatch)
+    status, by_check, _ = run_doctor(
+        capsys,
+        config_path,
+        "--user",
+        "alice",
+        "--shim-url",
+        shim_url,
+        password=DOCTOR_PASSWORD,
+        monkeypatch=monkeypatch,
+    )
     assert by_check["authorization"]["status"] == "warning"
     assert "'alice' has no right on workspace 'my-files'" in by_check["authorization"]["seen"]
     assert by_check["end_to_end"]["status"] == "skipped"
@@ -384,10 +461,13 @@ def _add_db_workspace(database_url, slug, syncable):
     meta = {"meta.syncable": {"REPO_SYNCABLE": True}} if syncable else {"meta.filehasher": {}}
     with engine.begin() as conn:
         conn.execute(db.repo.insert().values(uuid=ws_id, slug=slug, display=slug, accessType="fs", isTemplate=False))
-        conn.execute(db.repo_options.insert(), [
-            {"uuid": ws_id, "name": "PATH", "val": f"AJXP_DATA_PATH/{slug}".encode()},
-            {"uuid": ws_id, "name": "META_SOURCES", "val": b"$phpserial$" + phpserialize.dumps(meta)},
-        ])
+        conn.execute(
+            db.repo_options.insert(),
+            [
+                {"uuid": ws_id, "name": "PATH", "val": f"AJXP_DATA_PATH/{slug}".encode()},
+                {"uuid": ws_id, "name": "META_SOURCES", "val": b"$phpserial$" + phpserialize.dumps(meta)},
+            ],
+        )
     engine.dispose()
     return ws_id
 
@@ -408,12 +488,21 @@ def test_workspaces_syncable_and_indexed(stack, tmp_path, db_url, capsys, monkey
     assert "not syncable" in archive["seen"] and "meta.syncable" in archive["fix"]
     assert by_check[f"workspace:{synced}"]["status"] == "ok"
     with legacy.engine.connect() as conn:
-        user_nodes = conn.execute(sa.text("SELECT COUNT(*) FROM ajxp_index WHERE repository_identifier LIKE '1-%'")).scalar()
-        user_last = conn.execute(sa.text("SELECT MAX(seq) FROM ajxp_changes WHERE repository_identifier LIKE '1-%'")).scalar()
-        shared_last = conn.execute(sa.text("SELECT MAX(seq) FROM ajxp_changes WHERE repository_identifier = '0'")).scalar()
+        user_nodes = conn.execute(
+            sa.text("SELECT COUNT(*) FROM ajxp_index WHERE repository_identifier LIKE '1-%'")
+        ).scalar()
+        user_last = conn.execute(
+            sa.text("SELECT MAX(seq) FROM ajxp_changes WHERE repository_identifier LIKE '1-%'")
+        ).scalar()
+        shared_last = conn.execute(
+            sa.text("SELECT MAX(seq) FROM ajxp_changes WHERE repository_identifier = '0'")
+        ).scalar()
     my_files = by_check["workspace:1"]
     assert my_files["status"] == "ok"
-    assert f"user-scoped, {user_nodes} node(s) indexed under 2 identifiers, last change seq {user_last}" in my_files["seen"]
+    assert (
+        f"user-scoped, {user_nodes} node(s) indexed under 2 identifiers, last change seq {user_last}"
+        in my_files["seen"]
+    )
     assert f"shared, 1 node(s) indexed, last change seq {shared_last}" in by_check["workspace:0"]["seen"]
 
     # Asked about by slug, the non-syncable workspace fails the run.
@@ -430,9 +519,11 @@ def test_workspaces_syncable_and_indexed(stack, tmp_path, db_url, capsys, monkey
 @pytest.mark.parametrize("engine_name", ["sqlite"])
 def test_builtin_workspace_marked_not_syncable(stack, tmp_path, db_url, capsys, monkeypatch):
     legacy = stack.legacy(db_url)
-    extra = ('[[builtin_workspaces]]\nid = "0"\nslug = "default"\npath = "AJXP_DATA_PATH/files"\n'
-             '[[builtin_workspaces]]\nid = "1"\nslug = "my-files"\npath = "AJXP_DATA_PATH/personal/AJXP_USER"\n'
-             'syncable = true\nrecycle_bin = "recycle_bin"\n')
+    extra = (
+        '[[builtin_workspaces]]\nid = "0"\nslug = "default"\npath = "AJXP_DATA_PATH/files"\n'
+        '[[builtin_workspaces]]\nid = "1"\nslug = "my-files"\npath = "AJXP_DATA_PATH/personal/AJXP_USER"\n'
+        'syncable = true\nrecycle_bin = "recycle_bin"\n'
+    )
     config_path = write_config(tmp_path / "shim.toml", legacy.url, db_url, extra=extra)
     status, by_check, _ = run_doctor(capsys, config_path, monkeypatch=monkeypatch)
     assert by_check["workspace:0"]["status"] == "warning"
@@ -455,8 +546,9 @@ def test_shim_not_running_fails_only_with_a_test_account(stack, tmp_path, db_url
     status, by_check, _ = run_doctor(capsys, config_path, "--shim-url", url, monkeypatch=monkeypatch)
     assert (status, by_check["shim"]["status"]) == (0, "warning")
     assert by_check["end_to_end"]["status"] == "skipped"
-    status, by_check, _ = run_doctor(capsys, config_path, "--shim-url", url, "--user", "alice",
-                                     password=DOCTOR_PASSWORD, monkeypatch=monkeypatch)
+    status, by_check, _ = run_doctor(
+        capsys, config_path, "--shim-url", url, "--user", "alice", password=DOCTOR_PASSWORD, monkeypatch=monkeypatch
+    )
     assert (status, by_check["shim"]["status"]) == (1, "failed")
     assert f"nothing answers at {url}/_shim/health" in by_check["shim"]["seen"]
 
@@ -502,6 +594,8 @@ def test_text_report_has_one_line_per_check(tmp_path, db_url, capsys):
     failed = [line for line in lines if line.startswith("failed ")]
     assert len(failed) == 1 and failed[0].startswith("failed   upstream reachable: cannot connect to")
     assert " -> fix: " in failed[0]
-    assert lines[-1] == (f"doctor: {statuses.count('ok')} ok, {statuses.count('warning')} warning, "
-                         f"1 failed, {statuses.count('skipped')} skipped")
+    assert lines[-1] == (
+        f"doctor: {statuses.count('ok')} ok, {statuses.count('warning')} warning, "
+        f"1 failed, {statuses.count('skipped')} skipped"
+    )
     assert "checking upstream reachable... failed\n" in err  # progress on stderr, not a terminal: kept

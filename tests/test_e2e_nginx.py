@@ -16,11 +16,10 @@ import time
 
 import pytest
 import requests
-
 from gunicorn_helpers import GunicornServer
 
-from shim.demo.standin import LegacyStandin
 from shim.demo.stack import ServerThread
+from shim.demo.standin import LegacyStandin
 
 USER, PASSWORD = "alice", "alice-secret"
 
@@ -59,6 +58,7 @@ http {{
 
 def free_port():
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -86,8 +86,10 @@ def stop(proc):
             proc.wait()
 
 
-@pytest.fixture(params=[("", ""), ("/pydio", ""), ("", "/pydio"), ("/pydio", "/legacy")],
-                ids=["pub=/,up=/", "pub=/pydio,up=/", "pub=/,up=/pydio", "pub=/pydio,up=/legacy"])
+@pytest.fixture(
+    params=[("", ""), ("/pydio", ""), ("", "/pydio"), ("/pydio", "/legacy")],
+    ids=["pub=/,up=/", "pub=/pydio,up=/", "pub=/,up=/pydio", "pub=/pydio,up=/legacy"],
+)
 def stack(request, nginx_binary, tmp_path):
     public, upstream = request.param
     db_url = f"sqlite:///{tmp_path}/pydio.db"
@@ -96,19 +98,35 @@ def stack(request, nginx_binary, tmp_path):
     standin.add_user(USER, PASSWORD)
     legacy = ServerThread(standin).start()
     nport = free_port()
-    env = {"PYDIO_SHIM_UPSTREAM_URL": legacy.url, "PYDIO_SHIM_UPSTREAM_PREFIX": upstream or "/",
-           "PYDIO_SHIM_DATABASE_URL": db_url}
+    env = {
+        "PYDIO_SHIM_UPSTREAM_URL": legacy.url,
+        "PYDIO_SHIM_UPSTREAM_PREFIX": upstream or "/",
+        "PYDIO_SHIM_DATABASE_URL": db_url,
+    }
     shim = GunicornServer(env, tmp_path, threads=4)
     nginx = None
     try:
         shim.start()
         conf = tmp_path / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=tmp_path, port=nport, gport=shim.port,
-                                          location=(public + "/") if public else "/", prefix=public or "/"))
+        conf.write_text(
+            NGINX_CONF.format(
+                tmp=tmp_path,
+                port=nport,
+                gport=shim.port,
+                location=(public + "/") if public else "/",
+                prefix=public or "/",
+            )
+        )
         nginx = subprocess.Popen([nginx_binary, "-c", str(conf), "-p", str(tmp_path)])
         wait_http(f"http://127.0.0.1:{nport}/", nginx)
-        yield {"public": public, "upstream": upstream, "url": f"http://127.0.0.1:{nport}{public}", "standin": standin,
-               "legacy": legacy, "origin": f"http://127.0.0.1:{nport}"}
+        yield {
+            "public": public,
+            "upstream": upstream,
+            "url": f"http://127.0.0.1:{nport}{public}",
+            "standin": standin,
+            "legacy": legacy,
+            "origin": f"http://127.0.0.1:{nport}",
+        }
     finally:
         if nginx is not None:
             stop(nginx)
@@ -125,8 +143,9 @@ def sign(path, token, private):
 
 def test_login_redirect_and_cookie_path(stack):
     session = requests.Session()
-    response = session.post(stack["url"] + "/?get_action=login", data={"userid": USER, "password": PASSWORD},
-                            allow_redirects=False)
+    response = session.post(
+        stack["url"] + "/?get_action=login", data={"userid": USER, "password": PASSWORD}, allow_redirects=False
+    )
     assert response.status_code == 302
     assert response.headers["Location"] == stack["origin"] + stack["public"] + "/"
     cookie = response.headers["Set-Cookie"]
@@ -152,25 +171,32 @@ def test_file_ops_feed_and_download(stack):
 
 
 def test_token_signed_requests(stack):
-    tokens = requests.get(stack["url"] + "/api/pydio/keystore_generate_auth_token/laptop",
-                          auth=(USER, PASSWORD)).json()
+    tokens = requests.get(stack["url"] + "/api/pydio/keystore_generate_auth_token/laptop", auth=(USER, PASSWORD)).json()
     requests.post(stack["url"] + "/api/default/mkdir/docs", auth=(USER, PASSWORD))
     public_path = stack["public"] + "/api/default/ls/docs"
-    response = requests.get(stack["origin"] + public_path,
-                            params={"auth_token": tokens["t"], "auth_hash": sign(public_path, tokens["t"], tokens["p"])})
+    response = requests.get(
+        stack["origin"] + public_path,
+        params={"auth_token": tokens["t"], "auth_hash": sign(public_path, tokens["t"], tokens["p"])},
+    )
     assert response.status_code == 200 and "<tree" in response.text
     feed_path = stack["public"] + "/api/default/changes/0"
-    feed = requests.get(stack["origin"] + feed_path, params={
-        "stream": "true", "auth_token": tokens["t"], "auth_hash": sign(feed_path, tokens["t"], tokens["p"])})
+    feed = requests.get(
+        stack["origin"] + feed_path,
+        params={"stream": "true", "auth_token": tokens["t"], "auth_hash": sign(feed_path, tokens["t"], tokens["p"])},
+    )
     assert feed.status_code == 200 and feed.text.endswith("LAST_SEQ:1")
     # POST with the token in form fields (how the client uploads).
     post_path = stack["public"] + "/api/default/mkfile/docs/a.txt"
-    created = requests.post(stack["origin"] + post_path, data={
-        "auth_token": tokens["t"], "auth_hash": sign(post_path, tokens["t"], tokens["p"])})
+    created = requests.post(
+        stack["origin"] + post_path,
+        data={"auth_token": tokens["t"], "auth_hash": sign(post_path, tokens["t"], tokens["p"])},
+    )
     assert created.status_code == 200 and "SUCCESS" in created.text
     if stack["public"] != stack["upstream"]:
         # Sent straight to the legacy server, the same signature is refused:
         # the shim really re-signed it for the upstream path.
-        direct = requests.get(stack["legacy"].url + stack["upstream"] + "/api/default/ls/docs", params={
-            "auth_token": tokens["t"], "auth_hash": sign(public_path, tokens["t"], tokens["p"])})
+        direct = requests.get(
+            stack["legacy"].url + stack["upstream"] + "/api/default/ls/docs",
+            params={"auth_token": tokens["t"], "auth_hash": sign(public_path, tokens["t"], tokens["p"])},
+        )
         assert direct.status_code == 401

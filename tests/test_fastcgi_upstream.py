@@ -15,15 +15,13 @@ import os
 
 import pytest
 import requests
-
 from gunicorn_helpers import GunicornServer
-from phpfpm import php_fpm  # noqa: F401  (fixture)
 
 from shim import db, schema
 
 
 @pytest.fixture(params=["unix", "tcp"])
-def shim_on_fpm(request, php_fpm, tmp_path):  # noqa: F811
+def shim_on_fpm(request, php_fpm, tmp_path):
     database = f"sqlite:///{tmp_path}/pydio.db"
     engine = db.create_engine(database)
     with engine.begin() as conn:
@@ -32,9 +30,12 @@ def shim_on_fpm(request, php_fpm, tmp_path):  # noqa: F811
     engine.dispose()
     (php_fpm.docroot / "plugins").mkdir(exist_ok=True)
     (php_fpm.docroot / "plugins" / "app.js").write_text("console.log('static');\n")
-    env = {"PYDIO_SHIM_UPSTREAM_URL": php_fpm.unix_url if request.param == "unix" else php_fpm.tcp_url,
-           "PYDIO_SHIM_UPSTREAM_DOCUMENT_ROOT": str(php_fpm.docroot),
-           "PYDIO_SHIM_UPSTREAM_PREFIX": "/pydio", "PYDIO_SHIM_DATABASE_URL": database}
+    env = {
+        "PYDIO_SHIM_UPSTREAM_URL": php_fpm.unix_url if request.param == "unix" else php_fpm.tcp_url,
+        "PYDIO_SHIM_UPSTREAM_DOCUMENT_ROOT": str(php_fpm.docroot),
+        "PYDIO_SHIM_UPSTREAM_PREFIX": "/pydio",
+        "PYDIO_SHIM_DATABASE_URL": database,
+    }
     with GunicornServer(env, tmp_path) as server:
         server.docroot = os.path.realpath(php_fpm.docroot)
         yield server
@@ -65,7 +66,7 @@ def test_large_post_streams_with_its_length(shim_on_fpm):
     size = 24 * 1024 * 1024
     block = bytes(range(256)) * 256
     digest = hashlib.md5()
-    for offset in range(0, size, len(block)):
+    for _offset in range(0, size, len(block)):
         digest.update(block)
 
     def body():
@@ -73,8 +74,13 @@ def test_large_post_streams_with_its_length(shim_on_fpm):
             yield block
 
     # A generator without a length goes out chunked: the shim spools it and sends a length.
-    seen = info(requests.post(shim_on_fpm.url + "/api/default/upload/put/docs", data=body(),
-                              headers={"Content-Type": "application/octet-stream"}))
+    seen = info(
+        requests.post(
+            shim_on_fpm.url + "/api/default/upload/put/docs",
+            data=body(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    )
     assert seen["CONTENT_LENGTH"] == str(size) and seen["INPUT_LENGTH"] == size
     assert seen["INPUT_MD5"] == digest.hexdigest()
     # With a Content-Length, the same length arrives.
@@ -100,9 +106,11 @@ def test_status_cookies_and_static_files(shim_on_fpm):
 
 
 def test_php_fpm_down_is_a_502(php_fpm, tmp_path):  # noqa: F811
-    env = {"PYDIO_SHIM_UPSTREAM_URL": f"fcgi://{tmp_path}/nothing.sock",
-           "PYDIO_SHIM_UPSTREAM_DOCUMENT_ROOT": str(php_fpm.docroot),
-           "PYDIO_SHIM_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
+    env = {
+        "PYDIO_SHIM_UPSTREAM_URL": f"fcgi://{tmp_path}/nothing.sock",
+        "PYDIO_SHIM_UPSTREAM_DOCUMENT_ROOT": str(php_fpm.docroot),
+        "PYDIO_SHIM_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+    }
     with GunicornServer(env, tmp_path) as server:
         response = requests.get(server.url + "/api/default/ls/")
         assert response.status_code == 502
@@ -113,8 +121,13 @@ def test_php_sources_and_odd_paths_are_never_served_as_files(shim_on_fpm):
     secret = shim_on_fpm.docroot + "/plugins/secret.php"
     with open(secret, "w") as fh:
         fh.write("<?php echo 'ran';\n")
-    for path in ("/plugins/secret.php", "/plugins/secret.php/", "/plugins/secret.php/.", "/plugins/secret.php%2F",
-                 "/plugins/./secret.php"):
+    for path in (
+        "/plugins/secret.php",
+        "/plugins/secret.php/",
+        "/plugins/secret.php/.",
+        "/plugins/secret.php%2F",
+        "/plugins/./secret.php",
+    ):
         response = requests.get(shim_on_fpm.url + path)
         assert b"<?php" not in response.content, path
         assert response.status_code != 500, path

@@ -26,8 +26,8 @@ from urllib.parse import quote
 
 import pytest
 import requests
-
 from conftest import USERS
+
 from shim import config as shim_config
 from shim.demo.stack import ServerThread
 from shim.wsgi import create_app
@@ -41,8 +41,9 @@ NAMES = ["/café.txt", "/日本", "/日本/😀 smile.txt", "/ü-umlaut", "/ü-u
 
 @pytest.fixture
 def shim(standin, db_url):
-    app = create_app(shim_config.load(environ={"PYDIO_SHIM_UPSTREAM_URL": standin.url,
-                                               "PYDIO_SHIM_DATABASE_URL": db_url}))
+    app = create_app(
+        shim_config.load(environ={"PYDIO_SHIM_UPSTREAM_URL": standin.url, "PYDIO_SHIM_DATABASE_URL": db_url})
+    )
     server = ServerThread(app).start()
     yield server.url
     server.stop()
@@ -56,8 +57,9 @@ def make_files(standin):
         response = requests.post(api + "/" + action + quote(name), auth=ALICE, timeout=30)
         assert response.ok, response.text
     # A rename to a name with an astral character, so a path row carries one too.
-    response = requests.post(api + "/rename", data={"file": "/café.txt", "filename_new": "café 😀.txt"},
-                             auth=ALICE, timeout=30)
+    response = requests.post(
+        api + "/rename", data={"file": "/café.txt", "filename_new": "café 😀.txt"}, auth=ALICE, timeout=30
+    )
     assert response.ok, response.text
 
 
@@ -99,8 +101,12 @@ def test_stream_decoded_with_unicode_escape_gives_back_the_names(standin, shim):
         assert {c["repository_identifier"] for c in changes} == {"1-alice"}
         assert last_seq == max(c["seq"] for c in changes)
     # The same bytes as the legacy server's own answer.
-    assert body == requests.get(standin.url + "/api/my-files/changes/0/?stream=true&flatten=true",
-                                auth=ALICE, timeout=30).content
+    assert (
+        body
+        == requests.get(
+            standin.url + "/api/my-files/changes/0/?stream=true&flatten=true", auth=ALICE, timeout=30
+        ).content
+    )
 
 
 def test_raw_stream_from_a_later_seq_and_a_filter(standin, shim):
@@ -114,8 +120,9 @@ def test_raw_stream_from_a_later_seq_and_a_filter(standin, shim):
     _, since = read_stream_like_the_client(first.content, mac=True)
     api = standin.url + "/api/my-files"
     assert requests.post(api + "/mkfile" + quote("/日本/新しい.txt"), auth=ALICE, timeout=30).ok
-    assert requests.post(api + "/rename", data={"file": "/日本/😀 smile.txt", "filename_new": "😀😀.txt"},
-                         auth=ALICE, timeout=30).ok
+    assert requests.post(
+        api + "/rename", data={"file": "/日本/😀 smile.txt", "filename_new": "😀😀.txt"}, auth=ALICE, timeout=30
+    ).ok
     url = shim + f"/api/my-files/changes/{since}/?stream=true&filter=/日本&flatten=false"
     body = requests.get(url, auth=ALICE, timeout=30).content
     changes, last_seq = read_stream_like_the_client(body, mac=True)
@@ -125,8 +132,14 @@ def test_raw_stream_from_a_later_seq_and_a_filter(standin, shim):
         ("create", "NULL", "/新しい.txt"),
     ]
     assert last_seq == since + 2  # raw mode: the table's MAX
-    assert body == requests.get(standin.url + f"/api/my-files/changes/{since}/?stream=true&filter=/日本&flatten=false",
-                                auth=ALICE, timeout=30).content
+    assert (
+        body
+        == requests.get(
+            standin.url + f"/api/my-files/changes/{since}/?stream=true&filter=/日本&flatten=false",
+            auth=ALICE,
+            timeout=30,
+        ).content
+    )
 
 
 def test_json_answer_decoded_like_the_older_client(standin, shim):

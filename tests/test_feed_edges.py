@@ -22,7 +22,9 @@ def flattened(rows, recycle_bin=""):
 def test_unknown_type_ranks_as_php_null():
     # MySQL in non-strict mode stores an invalid enum value as ''.  PHP reads
     # $order[''] as null; null compares with a rank as a boolean.
-    assert flattened([row(1, 7, "", "NULL", "/a"), row(2, 7, "create", "NULL", "/a")])[0] == [(2, "create", "NULL", "/a")]
+    assert flattened([row(1, 7, "", "NULL", "/a"), row(2, 7, "create", "NULL", "/a")])[0] == [
+        (2, "create", "NULL", "/a")
+    ]
     assert flattened([row(1, 7, "content", "/a", "/a"), row(2, 7, "", "/a", "/a")])[0] == [(2, "content", "/a", "/a")]
     # path (rank 0) after an unknown type: false > false, the type stays unknown.
     assert flattened([row(1, 7, "", "/a", "/a"), row(2, 7, "path", "/a", "/b")])[0] == [(2, "", "/a", "/b")]
@@ -42,20 +44,46 @@ def test_del_is_written_raw_like_php():
     assert json.loads(json_encode({"a": "\\\x7f"})) == {"a": "\\\x7f"}
 
 
-@pytest.mark.parametrize("seq,expected", [
-    ("12", 12), ("12abc", 12), ("abc", 0), ("-5", -5), ("0", 0), ("1%32", 12),
-    ("1e3", None), ("1.5", None), (".5", None), ("1E2", None),  # PHP 7.1+ numeric forms: forwarded
-    ("%2F5", None), ("1%252F", None),  # a "/" or a "%" after decoding: forwarded
-])
+@pytest.mark.parametrize(
+    "seq,expected",
+    [
+        ("12", 12),
+        ("12abc", 12),
+        ("abc", 0),
+        ("-5", -5),
+        ("0", 0),
+        ("1%32", 12),
+        ("1e3", None),
+        ("1.5", None),
+        (".5", None),
+        ("1E2", None),  # PHP 7.1+ numeric forms: forwarded
+        ("%2F5", None),
+        ("1%252F", None),  # a "/" or a "%" after decoding: forwarded
+    ],
+)
 def test_seq_forms(seq, expected):
     params = parse_feed_params(seq, {})
     assert (params.seq if params else None) == expected
 
 
-@pytest.mark.parametrize("value,answered", [
-    ("/docs", True), ("/50%_off", True), ("/d\u00e9j\u00e0", True),
-    ("/a&amp;b", False), ("/javascript:x", False), ("/a<b>", False), ("/docs/", False), ("docs", False),
-    ("/a/../b", False), ("/a//b", False), ('/a"b', False), ("/a|b", False), ("/a?b", False), ("/a\\b", False),
-])
+@pytest.mark.parametrize(
+    "value,answered",
+    [
+        ("/docs", True),
+        ("/50%_off", True),
+        ("/d\u00e9j\u00e0", True),
+        ("/a&amp;b", False),
+        ("/javascript:x", False),
+        ("/a<b>", False),
+        ("/docs/", False),
+        ("docs", False),
+        ("/a/../b", False),
+        ("/a//b", False),
+        ('/a"b', False),
+        ("/a|b", False),
+        ("/a?b", False),
+        ("/a\\b", False),
+    ],
+)
 def test_filters_the_shim_answers_and_those_it_forwards(value, answered):
     assert (parse_feed_params("0", {"filter": value}) is not None) == answered

@@ -17,8 +17,8 @@ from base64 import b64encode
 import pytest
 import requests
 import sqlalchemy as sa
-
 from conftest import USERS
+
 from shim import config as shim_config
 from shim import db, feed
 from shim.demo.stack import ServerThread
@@ -60,11 +60,19 @@ def shim(standin, db_url):
 
 def fill_changes(engine, count: int, identifier: str = "1-alice", path: str = LONG):
     """*count* create rows straight into ajxp_changes (the feed reads only that table and its join)."""
-    rows = [{"repository_identifier": identifier, "node_id": n, "type": "create", "source": "NULL",
-             "target": f"{path}file-{n:06d}.txt"} for n in range(1, count + 1)]
+    rows = [
+        {
+            "repository_identifier": identifier,
+            "node_id": n,
+            "type": "create",
+            "source": "NULL",
+            "target": f"{path}file-{n:06d}.txt",
+        }
+        for n in range(1, count + 1)
+    ]
     with engine.begin() as conn:
         for start in range(0, count, 2000):
-            conn.execute(db.changes.insert(), rows[start:start + 2000])
+            conn.execute(db.changes.insert(), rows[start : start + 2000])
 
 
 def assert_unavailable(response):
@@ -75,6 +83,7 @@ def assert_unavailable(response):
 
 
 # --- before the body: 503 -----------------------------------------------------------------
+
 
 def test_database_unreachable_gives_503(standin, engine_name, tmp_path):
     app, server = serve_shim(standin, closed_database_url(engine_name, tmp_path))
@@ -111,6 +120,7 @@ def test_changes_table_dropped_gives_503(standin, shim):
 
 # --- after the body started: no LAST_SEQ ----------------------------------------------------
 
+
 class FailingResult:
     """The real result, raising the driver's error after *after* rows (a server gone mid-query)."""
 
@@ -121,7 +131,9 @@ class FailingResult:
     def __iter__(self):
         for n, row in enumerate(self.real):
             if n == self.after:
-                raise sa.exc.OperationalError("SELECT ... FROM ajxp_changes", {}, ConnectionError("server closed the connection"))
+                raise sa.exc.OperationalError(
+                    "SELECT ... FROM ajxp_changes", {}, ConnectionError("server closed the connection")
+                )
             yield row
 
     def close(self):
@@ -175,6 +187,7 @@ def test_failure_mid_stream_over_http(standin, shim, monkeypatch):
 
 # --- the client goes away -------------------------------------------------------------------
 
+
 def test_close_mid_feed_releases_the_connection(db_url, engine_name):
     """A partly read feed holds one connection (its server-side cursor) until closed."""
     engine = db.create_engine(db_url)
@@ -188,15 +201,27 @@ def test_close_mid_feed_releases_the_connection(db_url, engine_name):
         if engine_name == "postgresql":
             # The rows come from a named (server-side) cursor, still open on the server.
             with engine.connect() as other:
-                assert other.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND state = 'idle in transaction' AND query LIKE 'FETCH FORWARD %'")).scalar() == 1
+                assert (
+                    other.execute(
+                        sa.text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND state = 'idle in transaction' AND query LIKE 'FETCH FORWARD %'"
+                        )
+                    ).scalar()
+                    == 1
+                )
         elif engine_name == "mysql":
             # An unbuffered result: the server is still sending the SELECT's rows.
             with engine.connect() as other:
-                assert other.execute(sa.text(
-                    "SELECT count(*) FROM information_schema.processlist WHERE db = DATABASE() "
-                    "AND command = 'Query' AND info LIKE '%FROM ajxp_changes%'")).scalar() == 1
+                assert (
+                    other.execute(
+                        sa.text(
+                            "SELECT count(*) FROM information_schema.processlist WHERE db = DATABASE() "
+                            "AND command = 'Query' AND info LIKE '%FROM ajxp_changes%'"
+                        )
+                    ).scalar()
+                    == 1
+                )
         body.close()
         assert engine.pool.checkedout() == 0
         assert body.rows_sent < 5 * feed.FETCH_ROWS
@@ -210,8 +235,12 @@ def test_client_disconnect_over_http_releases_the_connection(standin, shim):
     host, port = url.removeprefix("http://").split(":")
     credentials = b64encode(f"{ALICE[0]}:{ALICE[1]}".encode()).decode()
     with socket.create_connection((host, int(port)), timeout=30) as client:
-        client.sendall((f"GET /api/1/changes/0/?stream=true HTTP/1.1\r\nHost: {host}\r\n"
-                        f"Authorization: Basic {credentials}\r\n\r\n").encode())
+        client.sendall(
+            (
+                f"GET /api/1/changes/0/?stream=true HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Basic {credentials}\r\n\r\n"
+            ).encode()
+        )
         received = b""
         while len(received) < 256 * 1024:
             received += client.recv(65536)
@@ -226,8 +255,10 @@ def test_client_disconnect_over_http_releases_the_connection(standin, shim):
 
 # --- bytes that are not UTF-8 (SQLite only stores them) ------------------------------------
 
-INSERT_INDEX = ("INSERT INTO ajxp_index (repository_identifier, node_path, bytesize, md5, mtime) "
-                "VALUES ('1-alice', {}, 1, 'mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm', 1500000000)")
+INSERT_INDEX = (
+    "INSERT INTO ajxp_index (repository_identifier, node_path, bytesize, md5, mtime) "
+    "VALUES ('1-alice', {}, 1, 'mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm', 1500000000)"
+)
 
 
 def insert_raw_paths(db_url: str, paths):
@@ -284,13 +315,19 @@ def test_filter_cut_inside_a_character_skips_the_row(standin, shim):
     """
     _, url = shim
     with standin.engine.begin() as conn:
-        conn.execute(db.index.insert().values(node_path="/docs/a.txt", repository_identifier="1-alice", bytesize=1,
-                                              md5="a" * 32, mtime=1_500_000_001))
+        conn.execute(
+            db.index.insert().values(
+                node_path="/docs/a.txt", repository_identifier="1-alice", bytesize=1, md5="a" * 32, mtime=1_500_000_001
+            )
+        )
     with standin.engine.begin() as conn:
         conn.execute(db.index.update().where(db.index.c.node_id == 1).values(node_path="/日本/a.txt"))
     with standin.engine.begin() as conn:
-        conn.execute(db.index.insert().values(node_path="/docs/b.txt", repository_identifier="1-alice", bytesize=2,
-                                              md5="b" * 32, mtime=1_500_000_003))
+        conn.execute(
+            db.index.insert().values(
+                node_path="/docs/b.txt", repository_identifier="1-alice", bytesize=2, md5="b" * 32, mtime=1_500_000_003
+            )
+        )
     query = "/api/1/changes/0/?stream=true&flatten=false&filter=/docs"
     ours = requests.get(url + query, auth=ALICE, timeout=30)
     assert ours.status_code == 200

@@ -45,14 +45,14 @@ import phpserialize
 import pytest
 import requests
 import sqlalchemy as sa
+from conftest import ENGINES, USERS, _create_database
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import ENGINES, USERS, _create_database
 from shim import config as shim_config
 from shim import db
-from shim.demo.standin import LegacyStandin
 from shim.demo.stack import ServerThread
+from shim.demo.standin import LegacyStandin
 from shim.wsgi import create_app
 
 BIN = "/recycle_bin"
@@ -97,9 +97,15 @@ class Index:
     def insert(self, ident, path, is_dir):
         self.tick += 1
         with self.engine.begin() as conn:
-            result = conn.execute(db.index.insert().values(
-                node_path=path, repository_identifier=ident, bytesize=0 if is_dir else self.tick,
-                md5="directory" if is_dir else f"{self.tick:032x}", mtime=1_500_000_000 + self.tick))
+            result = conn.execute(
+                db.index.insert().values(
+                    node_path=path,
+                    repository_identifier=ident,
+                    bytesize=0 if is_dir else self.tick,
+                    md5="directory" if is_dir else f"{self.tick:032x}",
+                    mtime=1_500_000_000 + self.tick,
+                )
+            )
             node_id = int(result.inserted_primary_key[0])
         self.nodes[node_id] = Node(ident, path, is_dir)
         self.created[node_id] = ident
@@ -108,15 +114,18 @@ class Index:
     def edit(self, node_id):
         self.tick += 1
         with self.engine.begin() as conn:
-            conn.execute(db.index.update().where(db.index.c.node_id == node_id).values(
-                bytesize=self.tick, md5=f"{self.tick:032x}", mtime=1_500_000_000 + self.tick))
+            conn.execute(
+                db.index.update()
+                .where(db.index.c.node_id == node_id)
+                .values(bytesize=self.tick, md5=f"{self.tick:032x}", mtime=1_500_000_000 + self.tick)
+            )
 
     def move(self, node_id, new_path):
         """The folder row, then each row under it (as PHP's single UPDATE does, row by row)."""
         old_path = self.nodes[node_id].path
         with self.engine.begin() as conn:
             for nid in self.subtree(node_id):
-                moved = new_path + self.nodes[nid].path[len(old_path):]
+                moved = new_path + self.nodes[nid].path[len(old_path) :]
                 conn.execute(db.index.update().where(db.index.c.node_id == nid).values(node_path=moved))
                 self.nodes[nid].path = moved
 
@@ -192,10 +201,30 @@ def apply(ix: Index, ident: str, op):
 # "switch" moves on to the next identifier: runs of operations on one identifier make
 # histories of one node (create, to the bin, back, ...) likely.
 operations = st.lists(
-    st.tuples(st.sampled_from(["create", "create", "create", "edit", "rename", "move", "to_bin", "to_bin",
-                               "restore", "restore", "delete", "switch"]),
-              st.integers(0, 50), st.integers(0, 50), st.booleans()),
-    min_size=12, max_size=40)
+    st.tuples(
+        st.sampled_from(
+            [
+                "create",
+                "create",
+                "create",
+                "edit",
+                "rename",
+                "move",
+                "to_bin",
+                "to_bin",
+                "restore",
+                "restore",
+                "delete",
+                "switch",
+            ]
+        ),
+        st.integers(0, 50),
+        st.integers(0, 50),
+        st.booleans(),
+    ),
+    min_size=12,
+    max_size=40,
+)
 
 
 def run(ix: Index, ops):
@@ -208,6 +237,7 @@ def run(ix: Index, ops):
 
 
 # --- servers, one database per engine ---------------------------------------------------------
+
 
 @pytest.fixture(scope="module", params=ENGINES)
 def engine_name(request):
@@ -233,14 +263,19 @@ def world(engine_name, tmp_path_factory):
     meta = "$phpserial$" + phpserialize.dumps({"meta.syncable": {"REPO_SYNCABLE": True}}).decode()
     with standin.engine.begin() as conn:
         conn.execute(db.repo.insert().values(uuid="5", slug="sales-share", accessType="fs", isTemplate=False))
-        conn.execute(db.repo_options.insert(), [
-            {"uuid": "5", "name": "PATH", "val": b"AJXP_DATA_PATH/groups/AJXP_GROUP_PATH"},
-            {"uuid": "5", "name": "META_SOURCES", "val": meta.encode()}])
+        conn.execute(
+            db.repo_options.insert(),
+            [
+                {"uuid": "5", "name": "PATH", "val": b"AJXP_DATA_PATH/groups/AJXP_GROUP_PATH"},
+                {"uuid": "5", "name": "META_SOURCES", "val": meta.encode()},
+            ],
+        )
     standin.set_right("carol", "5", "rw")
     upstream = ServerThread(standin).start()
     standin.url = upstream.url
-    app = create_app(shim_config.load(environ={"PYDIO_SHIM_UPSTREAM_URL": upstream.url,
-                                               "PYDIO_SHIM_DATABASE_URL": url}))
+    app = create_app(
+        shim_config.load(environ={"PYDIO_SHIM_UPSTREAM_URL": upstream.url, "PYDIO_SHIM_DATABASE_URL": url})
+    )
     shim = ServerThread(app).start()
     writer = db.create_engine(url)
     if engine_name == "postgresql":
@@ -263,9 +298,12 @@ def empty_tables(engine):
 
 def get_feed(base, ident, seq, flatten):
     ws, login, _ = IDENTIFIERS[ident]
-    response = requests.get(f"{base}/api/{ws}/changes/{seq}/",
-                            params={"stream": "true", "flatten": "true" if flatten else "false"},
-                            auth=(login, USERS[login][0]), timeout=30)
+    response = requests.get(
+        f"{base}/api/{ws}/changes/{seq}/",
+        params={"stream": "true", "flatten": "true" if flatten else "false"},
+        auth=(login, USERS[login][0]),
+        timeout=30,
+    )
     assert response.status_code == 200
     return response.content
 
@@ -278,10 +316,16 @@ def parse(body: bytes):
 
 def table_state(engine, ident):
     with engine.connect() as conn:
-        paths = {r[0]: int(r[1]) for r in conn.execute(
-            sa.select(db.index.c.node_path, db.index.c.node_id).where(db.index.c.repository_identifier == ident))}
-        seqs = [int(r[0]) for r in conn.execute(
-            sa.select(db.changes.c.seq).where(db.changes.c.repository_identifier == ident))]
+        paths = {
+            r[0]: int(r[1])
+            for r in conn.execute(
+                sa.select(db.index.c.node_path, db.index.c.node_id).where(db.index.c.repository_identifier == ident)
+            )
+        }
+        seqs = [
+            int(r[0])
+            for r in conn.execute(sa.select(db.changes.c.seq).where(db.changes.c.repository_identifier == ident))
+        ]
         table_max = conn.execute(sa.select(sa.func.max(db.changes.c.seq))).scalar()
     return paths, seqs, int(table_max or 0)
 
@@ -295,10 +339,24 @@ def outside_bin(mapping, has_bin):
 # Histories that must always be tried: into the bin and back; a folder moved with its
 # child, then to the bin, restored, renamed; created and deleted.
 @example(ops=[("create", 0, 0, False), ("to_bin", 0, 0, False), ("restore", 0, 0, False)], cut=0)
-@example(ops=[("create", 0, 0, True), ("create", 1, 1, False), ("create", 0, 2, True), ("move", 1, 2, False),
-              ("to_bin", 0, 0, False), ("edit", 0, 0, False), ("restore", 0, 0, False), ("rename", 0, 3, False),
-              ("create", 0, 4, False), ("delete", 3, 0, False), ("switch", 0, 0, False),
-              ("create", 0, 6, False), ("rename", 0, 2, False)], cut=3)
+@example(
+    ops=[
+        ("create", 0, 0, True),
+        ("create", 1, 1, False),
+        ("create", 0, 2, True),
+        ("move", 1, 2, False),
+        ("to_bin", 0, 0, False),
+        ("edit", 0, 0, False),
+        ("restore", 0, 0, False),
+        ("rename", 0, 3, False),
+        ("create", 0, 4, False),
+        ("delete", 3, 0, False),
+        ("switch", 0, 0, False),
+        ("create", 0, 6, False),
+        ("rename", 0, 2, False),
+    ],
+    cut=3,
+)
 def test_feed_replays_to_the_index(world, ops, cut):
     empty_tables(world.engine)
     ix = Index(world.engine)

@@ -48,20 +48,27 @@ def state(url):
     try:
         with engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
-            result = {"tables": tables, "triggers": schema.installed_triggers(conn) if "ajxp_index" in tables else set(),
-                      "indexes": sorted((i["name"], tuple(i["column_names"]))
-                                        for i in sa.inspect(conn).get_indexes("ajxp_changes"))
-                      if "ajxp_changes" in tables else []}
+            result = {
+                "tables": tables,
+                "triggers": schema.installed_triggers(conn) if "ajxp_index" in tables else set(),
+                "indexes": sorted(
+                    (i["name"], tuple(i["column_names"])) for i in sa.inspect(conn).get_indexes("ajxp_changes")
+                )
+                if "ajxp_changes" in tables
+                else [],
+            }
             for table in ("ajxp_index", "ajxp_changes"):
                 if table in tables:
                     result[table] = conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1")).all()
             if engine.dialect.name == "sqlite":
                 result["journal_mode"] = conn.execute(sa.text("PRAGMA journal_mode")).scalar()
             if engine.dialect.name == "postgresql":
-                result["types"] = conn.execute(sa.text(
-                    "SELECT typname FROM pg_type WHERE typname = 'ajxp_change_type'")).all()
-                result["functions"] = sorted(r[0] for r in conn.execute(sa.text(
-                    "SELECT proname FROM pg_proc WHERE proname LIKE 'ajxp_index_%'")))
+                result["types"] = conn.execute(
+                    sa.text("SELECT typname FROM pg_type WHERE typname = 'ajxp_change_type'")
+                ).all()
+                result["functions"] = sorted(
+                    r[0] for r in conn.execute(sa.text("SELECT proname FROM pg_proc WHERE proname LIKE 'ajxp_index_%'"))
+                )
             return result
     finally:
         engine.dispose()
@@ -72,16 +79,21 @@ def assert_triggers_fire(url):
     engine = db.create_engine(url)
     with engine.begin() as conn:
         before = conn.execute(sa.text("SELECT COALESCE(MAX(seq), 0) FROM ajxp_changes")).scalar()
-        conn.execute(db.index.insert().values(node_path="/t.txt", bytesize=1, md5="0" * 32, mtime=1,
-                                              repository_identifier="0"))
+        conn.execute(
+            db.index.insert().values(node_path="/t.txt", bytesize=1, md5="0" * 32, mtime=1, repository_identifier="0")
+        )
         node = conn.execute(sa.text("SELECT MAX(node_id) FROM ajxp_index")).scalar()
         conn.execute(db.index.update().where(db.index.c.node_id == node).values(node_path="/u.txt"))
         conn.execute(db.index.delete().where(db.index.c.node_id == node))
-        logged = conn.execute(sa.text("SELECT type, source, target FROM ajxp_changes WHERE seq > :s ORDER BY seq"),
-                              {"s": before}).all()
+        logged = conn.execute(
+            sa.text("SELECT type, source, target FROM ajxp_changes WHERE seq > :s ORDER BY seq"), {"s": before}
+        ).all()
     engine.dispose()
-    assert [tuple(r) for r in logged] == [("create", "NULL", "/t.txt"), ("path", "/t.txt", "/u.txt"),
-                                          ("delete", "/u.txt", "NULL")]
+    assert [tuple(r) for r in logged] == [
+        ("create", "NULL", "/t.txt"),
+        ("path", "/t.txt", "/u.txt"),
+        ("delete", "/u.txt", "NULL"),
+    ]
 
 
 def test_from_empty_then_again(tmp_path, empty_db_url, capsys):
@@ -175,9 +187,19 @@ def test_a_missing_changes_table_keeps_the_triggers(tmp_path, db_url, capsys):
 def _fill_changes(url, rows=5000, workspaces=50):
     engine = db.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(db.changes.insert(), [
-            {"repository_identifier": f"{n % workspaces}-user{n % 7}", "node_id": n, "type": "create", "source": "NULL",
-             "target": f"/file{n}.txt"} for n in range(1, rows + 1)])
+        conn.execute(
+            db.changes.insert(),
+            [
+                {
+                    "repository_identifier": f"{n % workspaces}-user{n % 7}",
+                    "node_id": n,
+                    "type": "create",
+                    "source": "NULL",
+                    "target": f"/file{n}.txt",
+                }
+                for n in range(1, rows + 1)
+            ],
+        )
     engine.dispose()
 
 
@@ -186,7 +208,7 @@ def _plan(out, which):
     lines = out.split("\n")
     start = next(n for n, line in enumerate(lines) if line.startswith(f"-- feed query plan {which}"))
     plan = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("--   "):
             break
         plan.append(line)
@@ -217,7 +239,9 @@ def test_with_index(tmp_path, db_url, capsys):
         with engine.connect() as conn:
             parts = conn.execute(sa.text(f"SHOW INDEX FROM ajxp_changes WHERE Key_name = '{schema.INDEX_NAME}'")).all()
         assert [(r._mapping["Column_name"], r._mapping["Sub_part"]) for r in parts] == [
-            ("repository_identifier", 191), ("seq", None)]
+            ("repository_identifier", 191),
+            ("seq", None),
+        ]
     engine.dispose()
 
     status, out, err = install(capsys, config_path, "--with-index")
@@ -231,11 +255,14 @@ def _closed_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("url,expected", [
-    ("mysql+pymysql://root:bad-db-password@127.0.0.1:3306/mysql", "refused the password of user 'root'"),
-    ("postgresql+psycopg2://postgres@127.0.0.1:{port}/pydio", "nothing accepts connections"),
-    ("sqlite:///{tmp}/missing/pydio.db", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("mysql+pymysql://root:bad-db-password@127.0.0.1:3306/mysql", "refused the password of user 'root'"),
+        ("postgresql+psycopg2://postgres@127.0.0.1:{port}/pydio", "nothing accepts connections"),
+        ("sqlite:///{tmp}/missing/pydio.db", "does not exist"),
+    ],
+)
 def test_connection_problems_are_reported_in_one_line(tmp_path, url, expected, capsys):
     url = url.format(port=_closed_port(), tmp=tmp_path)
     status, out, err = install(capsys, config_for(tmp_path, url))

@@ -26,9 +26,9 @@ import threading
 import time
 
 import pytest
-
 from conftest import USERS
 from gunicorn_helpers import CONF, ROOT, GunicornServer
+
 from shim import config as config_module
 from shim import headers as header_policy
 from shim import proxy
@@ -47,8 +47,11 @@ def standin(sqlite_standin):
 
 
 def start_shim(standin, upstream_url=None, **env) -> GunicornServer:
-    settings = {"PYDIO_SHIM_UPSTREAM_URL": upstream_url or standin.url, "PYDIO_SHIM_DATABASE_URL": standin.db_url,
-                "PYDIO_SHIM_LOG_LEVEL": "DEBUG"}
+    settings = {
+        "PYDIO_SHIM_UPSTREAM_URL": upstream_url or standin.url,
+        "PYDIO_SHIM_DATABASE_URL": standin.db_url,
+        "PYDIO_SHIM_LOG_LEVEL": "DEBUG",
+    }
     settings.update(env)
     return GunicornServer(settings, standin.base).start()
 
@@ -64,8 +67,7 @@ def shim(standin):
 @pytest.fixture(scope="module")
 def untrusted_shim(standin):
     """The shim under the public prefix /pydio, trusting only a proxy that is not the test."""
-    server = start_shim(standin, PYDIO_SHIM_PROXY_TRUSTED_PROXIES="192.0.2.1",
-                        PYDIO_SHIM_PUBLIC_PREFIX="/pydio")
+    server = start_shim(standin, PYDIO_SHIM_PROXY_TRUSTED_PROXIES="192.0.2.1", PYDIO_SHIM_PUBLIC_PREFIX="/pydio")
     yield server
     server.stop()
 
@@ -102,8 +104,15 @@ class Answer:
         return json.loads(self.body)
 
 
-def raw_request(port: int, method: str, target: bytes | str, headers=(), body: bytes = b"", timeout: float = 20,
-                read_body: bool = True) -> Answer:
+def raw_request(
+    port: int,
+    method: str,
+    target: bytes | str,
+    headers=(),
+    body: bytes = b"",
+    timeout: float = 20,
+    read_body: bool = True,
+) -> Answer:
     """Send one request byte for byte (no header is added but Host) and read the answer."""
     if isinstance(target, str):
         target = target.encode("ascii")
@@ -189,8 +198,9 @@ class RawUpstream:
                     headers[name.strip().lower()] = value.strip()
                 body = reader.read(int(headers.get("content-length", "0")))
                 self.record(number, "request", (method, target, len(body)))
-                keep = getattr(self, "answer_" + target.strip("/").split("?")[0].replace("-", "_"),
-                               self.answer_default)(conn, number, served)
+                keep = getattr(
+                    self, "answer_" + target.strip("/").split("?")[0].replace("-", "_"), self.answer_default
+                )(conn, number, served)
                 served += 1
                 if not keep:
                     return
@@ -223,15 +233,15 @@ class RawUpstream:
         b"Set-Cookie: a=1; Path=/\r\n"
         b"X-CamelCase-Header: v1\r\n"
         b"Set-Cookie: b=2; Path=/; HttpOnly\r\n"
-        b"ETag: \"abc\"\r\n"
-        b"WWW-Authenticate: Basic realm=\"Pydio API\"\r\n"
+        b'ETag: "abc"\r\n'
+        b'WWW-Authenticate: Basic realm="Pydio API"\r\n'
         b"Set-Cookie: c=3\r\n"
         b"Cache-Control: no-cache\r\n"
         b"Cache-Control: private\r\n"
         b"Connection: keep-alive, X-Hop-Resp\r\n"
         b"X-Hop-Resp: secret\r\n"
         b"Keep-Alive: timeout=5, max=100\r\n"
-        b"Proxy-Authenticate: Basic realm=\"proxy\"\r\n"
+        b'Proxy-Authenticate: Basic realm="proxy"\r\n'
         b"Proxy-Foo: x\r\n"
         b"Trailer: X-Checksum\r\n"
         b"Upgrade: example/1\r\n"
@@ -251,8 +261,7 @@ class RawUpstream:
         return False
 
     def answer_truncate_chunked(self, conn, number, served):
-        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"5\r\nhello\r\n6\r\n world\r\n")
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n")
         return False
 
     def answer_stall(self, conn, number, served):
@@ -294,8 +303,11 @@ METHODS = [
     ("MKCOL", b"", {}),
     ("COPY", b"", {"Destination": "http://files.example/shares/b", "Overwrite": "F", "Depth": "infinity"}),
     ("MOVE", b"", {"Destination": "http://files.example/shares/c", "Overwrite": "T"}),
-    ("LOCK", b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
-             b'</D:lockinfo>', {"Timeout": "Second-60", "Content-Type": "application/xml"}),
+    (
+        "LOCK",
+        b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope></D:lockinfo>',
+        {"Timeout": "Second-60", "Content-Type": "application/xml"},
+    ),
     ("UNLOCK", b"", {"Lock-Token": "<opaquelocktoken:e71d4fae-5dec-22d6-fea5-00a0c91e6be4>"}),
 ]
 
@@ -369,14 +381,25 @@ def test_raw_non_ascii_target_is_percent_encoded_under_other_servers(standin):
     # "é" (C3 A9) arrives as %C3%A9, a lone latin-1 byte E9 as %E9.  Everything
     # else, lower-case escapes included, is untouched.  (Werkzeug's development
     # server is no witness here: it re-encodes such targets to UTF-8 itself.)
-    settings = config_module.load(environ={"PYDIO_SHIM_UPSTREAM_URL": standin.url,
-                                           "PYDIO_SHIM_DATABASE_URL": standin.db_url})
+    settings = config_module.load(
+        environ={"PYDIO_SHIM_UPSTREAM_URL": standin.url, "PYDIO_SHIM_DATABASE_URL": standin.db_url}
+    )
     app = create_app(settings)
     raw_uri = b"/_standin/echo/caf\xc3\xa9%2F?n=\xe9&m=%e9".decode("latin-1")
-    environ = {"REQUEST_METHOD": "GET", "RAW_URI": raw_uri, "SCRIPT_NAME": "",
-               "PATH_INFO": "/_standin/echo/caf\xc3\xa9/", "QUERY_STRING": raw_uri.partition("?")[2],
-               "SERVER_NAME": "localhost", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "localhost",
-               "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b"")}
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": raw_uri,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/_standin/echo/caf\xc3\xa9/",
+        "QUERY_STRING": raw_uri.partition("?")[2],
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "localhost",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+    }
     statuses = []
     result = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
     try:
@@ -416,14 +439,16 @@ def test_end_to_end_headers_pass_and_hop_by_hop_ones_do_not(shim, standin):
     info = echo(shim, "POST", "/_standin/echo/h", CLIENT_HEADERS + HOP_BY_HOP_REQUEST, b"hello")
     received = upstream_headers(info)
     expected = {name.lower(): value for name, value in CLIENT_HEADERS}
-    expected.update({
-        "host": standin.url.split("//", 1)[1],
-        "content-length": "5",
-        "x-forwarded-for": "127.0.0.1",
-        "x-forwarded-proto": "http",
-        "x-forwarded-host": f"127.0.0.1:{shim.port}",
-        "x-forwarded-prefix": "/",
-    })
+    expected.update(
+        {
+            "host": standin.url.split("//", 1)[1],
+            "content-length": "5",
+            "x-forwarded-for": "127.0.0.1",
+            "x-forwarded-proto": "http",
+            "x-forwarded-host": f"127.0.0.1:{shim.port}",
+            "x-forwarded-prefix": "/",
+        }
+    )
     # Exactly these: nothing dropped, nothing added (no User-Agent or
     # Accept-Encoding of the shim's own, no Connection, no Proxy).
     assert received == expected
@@ -431,15 +456,29 @@ def test_end_to_end_headers_pass_and_hop_by_hop_ones_do_not(shim, standin):
 
 def test_no_header_is_added_for_the_client(shim, standin):
     info = echo(shim, "GET", "/_standin/echo/bare", [])
-    assert set(upstream_headers(info)) == {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-                                           "x-forwarded-prefix"}
+    assert set(upstream_headers(info)) == {
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-prefix",
+    }
 
 
 def test_forwarding_headers_from_a_trusted_proxy_are_extended(shim):
-    info = echo(shim, "GET", "/_standin/echo/fwd", [
-        ("X-Forwarded-For", "203.0.113.7, 198.51.100.2"), ("X-Forwarded-Proto", "https"),
-        ("X-Forwarded-Host", "files.example.org"), ("X-Forwarded-Port", "443"), ("Forwarded", "for=203.0.113.7"),
-        ("X-Real-IP", "203.0.113.7")])
+    info = echo(
+        shim,
+        "GET",
+        "/_standin/echo/fwd",
+        [
+            ("X-Forwarded-For", "203.0.113.7, 198.51.100.2"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "files.example.org"),
+            ("X-Forwarded-Port", "443"),
+            ("Forwarded", "for=203.0.113.7"),
+            ("X-Real-IP", "203.0.113.7"),
+        ],
+    )
     received = upstream_headers(info)
     assert received["x-forwarded-for"] == "203.0.113.7, 198.51.100.2, 127.0.0.1"
     assert received["x-forwarded-proto"] == "https"
@@ -451,11 +490,21 @@ def test_forwarding_headers_from_a_trusted_proxy_are_extended(shim):
 
 
 def test_forwarding_headers_from_an_untrusted_client_are_replaced(untrusted_shim):
-    info = echo(untrusted_shim, "GET", "/pydio/_standin/echo/fwd", [
-        ("Host", "shim.example:8080"),
-        ("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil.example"),
-        ("X-Forwarded-Prefix", "/evil"), ("X-Forwarded-Port", "443"), ("Forwarded", "for=203.0.113.7;proto=https"),
-        ("X-Real-IP", "203.0.113.7")])
+    info = echo(
+        untrusted_shim,
+        "GET",
+        "/pydio/_standin/echo/fwd",
+        [
+            ("Host", "shim.example:8080"),
+            ("X-Forwarded-For", "203.0.113.7"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("X-Forwarded-Prefix", "/evil"),
+            ("X-Forwarded-Port", "443"),
+            ("Forwarded", "for=203.0.113.7;proto=https"),
+            ("X-Real-IP", "203.0.113.7"),
+        ],
+    )
     assert info["request_uri"] == "/_standin/echo/fwd"
     received = upstream_headers(info)
     assert received["x-forwarded-for"] == "127.0.0.1"
@@ -490,17 +539,27 @@ def test_response_headers_filter():
     parsed = http.client.parse_headers(io.BytesIO(RawUpstream.HOP_RESPONSE.split(b"\r\n", 1)[1]))
     kept = header_policy.response_headers(parsed.items())
     assert kept == [
-        ("Content-Type", "text/plain"), ("Set-Cookie", "a=1; Path=/"), ("X-CamelCase-Header", "v1"),
-        ("Set-Cookie", "b=2; Path=/; HttpOnly"), ("ETag", '"abc"'), ("WWW-Authenticate", 'Basic realm="Pydio API"'),
-        ("Set-Cookie", "c=3"), ("Cache-Control", "no-cache"), ("Cache-Control", "private"),
+        ("Content-Type", "text/plain"),
+        ("Set-Cookie", "a=1; Path=/"),
+        ("X-CamelCase-Header", "v1"),
+        ("Set-Cookie", "b=2; Path=/; HttpOnly"),
+        ("ETag", '"abc"'),
+        ("WWW-Authenticate", 'Basic realm="Pydio API"'),
+        ("Set-Cookie", "c=3"),
+        ("Cache-Control", "no-cache"),
+        ("Cache-Control", "private"),
     ]
     assert header_policy.response_headers([("Bad Name", "x"), ("X-Ok", "a\x00b"), ("X-Fine", "é")]) == [("X-Fine", "é")]
 
 
 def test_set_cookie_and_cookie_round_trip_through_the_login(shim, standin):
-    answer = raw_request(shim.port, "POST", "/?get_action=login",
-                         [("Content-Type", "application/x-www-form-urlencoded")],
-                         f"userid=alice&password={USERS['alice'][0]}".encode())
+    answer = raw_request(
+        shim.port,
+        "POST",
+        "/?get_action=login",
+        [("Content-Type", "application/x-www-form-urlencoded")],
+        f"userid=alice&password={USERS['alice'][0]}".encode(),
+    )
     assert answer.status == 302
     cookie = answer.header("Set-Cookie")
     assert cookie.startswith("AjaXplorer=") and "HttpOnly" in cookie
@@ -524,7 +583,7 @@ def chunked(data: bytes, sizes=(1, 10, 4093, 65536, 100_000)) -> bytes:
     out, position, turn = [], 0, 0
     while position < len(data):
         size = sizes[turn % len(sizes)]
-        piece = data[position:position + size]
+        piece = data[position : position + size]
         out.append(b"%x;ext=1\r\n%s\r\n" % (len(piece), piece))
         position += size
         turn += 1
@@ -706,17 +765,29 @@ def test_client_leaving_mid_download_closes_the_upstream_connection(raw_shim, ra
 # --- connection reuse ---------------------------------------------------------------------------
 
 
+def settled(server, count: int) -> None:
+    """Wait until *count* requests have been closed by the shim (connections back in its pool).
+
+    The worker returns the upstream connection to its pool when it closes the
+    response, just after the client has the answer, and writes the access line
+    right after that: so a line logged means the connection is back.
+    """
+    deadline = time.monotonic() + 10
+    while server.log().count(" kind=proxy ") < count:
+        assert time.monotonic() < deadline, "the shim did not finish the request"
+        time.sleep(0.02)
+
+
 def test_upstream_connections_are_reused(raw_shim):
     first = raw_request(raw_shim.port, "GET", "/conn").body
+    settled(raw_shim, 1)
     second = raw_request(raw_shim.port, "GET", "/conn").body
     assert first == second
 
 
 def test_closed_kept_alive_connection_is_retried_for_a_get_only(raw_shim, raw_upstream):
-    # The worker returns the upstream connection to its pool just after the
-    # client has the answer: give it a moment so the next request reuses it.
     raw_request(raw_shim.port, "GET", "/conn")  # leaves an idle connection in the pool
-    time.sleep(0.3)
+    settled(raw_shim, 1)
     raw_upstream.events.clear()
     answer = raw_request(raw_shim.port, "GET", "/drop-if-reused")
     assert answer.status == 200
@@ -724,7 +795,7 @@ def test_closed_kept_alive_connection_is_retried_for_a_get_only(raw_shim, raw_up
     assert dropped and answer.body != str(dropped[0]).encode()  # answered on a new connection
 
     raw_request(raw_shim.port, "GET", "/conn")
-    time.sleep(0.3)
+    settled(raw_shim, 3)
     raw_upstream.events.clear()
     answer = raw_request(raw_shim.port, "POST", "/drop-if-reused", [], b"payload")
     posts = [d for _, what, d in raw_upstream.events if what == "request" and d[0] == "POST"]
@@ -761,8 +832,14 @@ def test_shim_logs_go_to_stderr_at_the_configured_level(shim):
 def test_a_bad_setting_stops_gunicorn_at_once_with_one_line():
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYDIO_SHIM_")}
     env["PYDIO_SHIM_DATABASE_URL"] = "sqlite:///unused.db"
-    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", CONF, "--check-config", "shim.wsgi:application"],
-                            env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", CONF, "--check-config", "shim.wsgi:application"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "upstream.url" in lines[0]

@@ -16,10 +16,10 @@ import os
 import time
 
 import pytest
-
 from gunicorn_helpers import GunicornServer, memory_kib
-from shim.demo.standin import LegacyStandin
+
 from shim.demo.stack import ServerThread
+from shim.demo.standin import LegacyStandin
 
 GIB = 1024 * 1024 * 1024
 BLOCK = 1024 * 1024
@@ -53,7 +53,7 @@ def upload(port: int, size: int) -> tuple[dict, str]:
     sent = 0
     while sent < size:
         shift = (sent // BLOCK) % BLOCK
-        block = (base[shift:] + base[:shift])[:size - sent]  # every block different
+        block = (base[shift:] + base[:shift])[: size - sent]  # every block different
         digest.update(block)
         conn.send(block)
         sent += len(block)
@@ -103,7 +103,9 @@ def test_one_gib_each_way_in_constant_memory(shim):
     after_download = memory_kib(worker)["VmHWM"]
 
     assert shim.worker_pid() == worker  # the same worker did it all
-    print(f"\nupload {upload_seconds:.1f} s, download {download_seconds:.1f} s; worker peak RSS "
-          f"{baseline // 1024} MiB -> {after_upload // 1024} MiB -> {after_download // 1024} MiB")
+    print(
+        f"\nupload {upload_seconds:.1f} s, download {download_seconds:.1f} s; worker peak RSS "
+        f"{baseline // 1024} MiB -> {after_upload // 1024} MiB -> {after_download // 1024} MiB"
+    )
     assert after_upload - baseline < MAX_GROWTH_KIB
     assert after_download - baseline < MAX_GROWTH_KIB

@@ -6,15 +6,20 @@ from shim import db, schema
 
 
 def changes_rows(conn):
-    return [tuple(r) for r in conn.execute(sa.text(
-        "SELECT repository_identifier, node_id, type, source, target FROM ajxp_changes ORDER BY seq"))]
+    return [
+        tuple(r)
+        for r in conn.execute(
+            sa.text("SELECT repository_identifier, node_id, type, source, target FROM ajxp_changes ORDER BY seq")
+        )
+    ]
 
 
 def test_each_trigger_writes_the_expected_change(db_url):
     engine = db.create_engine(db_url)
     with engine.begin() as conn:
-        conn.execute(db.index.insert().values(node_path="/a.txt", bytesize=3, md5="x" * 32, mtime=10,
-                                              repository_identifier="0"))
+        conn.execute(
+            db.index.insert().values(node_path="/a.txt", bytesize=3, md5="x" * 32, mtime=10, repository_identifier="0")
+        )
         node_id = conn.execute(sa.text("SELECT node_id FROM ajxp_index")).scalar()
         assert changes_rows(conn) == [("0", node_id, "create", "NULL", "/a.txt")]
 

@@ -13,8 +13,7 @@ from shim.demo.standin import php_signed_uri
 
 def change_types(standin):
     with standin.engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(
-            "SELECT type, source, target FROM ajxp_changes ORDER BY seq"))]
+        return [tuple(r) for r in conn.execute(sa.text("SELECT type, source, target FROM ajxp_changes ORDER BY seq"))]
 
 
 def sign(url_path, token, private):
@@ -59,22 +58,29 @@ def test_no_right_and_unknown_workspace_answers(standin):
     assert "WWW-Authenticate" not in response.headers
     response = requests.get(standin.url + "/api/nope/ls/", auth=("bob", "bob-secret"))
     assert response.status_code == 200
-    assert response.text == ('<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
-                             'Could not find workspace with id/alias nope</message></tree>')
+    assert response.text == (
+        '<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
+        "Could not find workspace with id/alias nope</message></tree>"
+    )
 
 
 def test_token_signed_over_the_right_path_only(standin):
-    tokens = requests.get(standin.url + "/api/pydio/keystore_generate_auth_token/laptop",
-                          auth=("alice", "alice-secret")).json()
+    tokens = requests.get(
+        standin.url + "/api/pydio/keystore_generate_auth_token/laptop", auth=("alice", "alice-secret")
+    ).json()
     # "sub dir é" as the client sends it
     wire_path = "/api/0/ls/sub%20dir%20%C3%A9"
-    good = requests.get(standin.url + wire_path, params={"auth_token": tokens["t"],
-                                                         "auth_hash": sign(wire_path, tokens["t"], tokens["p"])})
+    good = requests.get(
+        standin.url + wire_path,
+        params={"auth_token": tokens["t"], "auth_hash": sign(wire_path, tokens["t"], tokens["p"])},
+    )
     # The folder does not exist: the stand-in answers 404 after authenticating.
     assert good.status_code in (200, 404)
     assert good.status_code != 401
-    other = requests.get(standin.url + wire_path, params={"auth_token": tokens["t"],
-                                                          "auth_hash": sign("/api/0/ls/other", tokens["t"], tokens["p"])})
+    other = requests.get(
+        standin.url + wire_path,
+        params={"auth_token": tokens["t"], "auth_hash": sign("/api/0/ls/other", tokens["t"], tokens["p"])},
+    )
     assert other.status_code == 401
     assert php_signed_uri(wire_path) == "/api/0/ls/sub%20dir%20%C3%A9"
     assert php_signed_uri("/pydio/api/0/ls/a+b~c/") == "/pydio/api/0/ls/a%20b%7Ec"

@@ -10,18 +10,21 @@ from shim.phpcompat import signed_uri
 from shim.translate import Mapping
 
 
-@pytest.mark.parametrize("path,prefix,expected", [
-    ("/api/0/ls", "", "/api/0/ls"),
-    ("/pydio/api/0/ls", "/pydio", "/api/0/ls"),
-    ("//pydio/api/0/ls", "/pydio", "/api/0/ls"),  # extra slashes tolerated inside the prefix part
-    ("/pydio//api/0/ls", "/pydio", "//api/0/ls"),  # ...never after it: PHP does not route that path
-    ("/pydio", "/pydio", "/"),
-    ("/pydio/", "/pydio", "/"),
-    ("/pydiox/api", "/pydio", None),
-    ("/other/api", "/pydio", None),
-    ("/a/b/c%2Fd", "/a/b", "/c%2Fd"),
-    ("/pydio/api/0/ls/a//b", "/pydio", "/api/0/ls/a//b"),  # slashes kept outside the prefix
-])
+@pytest.mark.parametrize(
+    "path,prefix,expected",
+    [
+        ("/api/0/ls", "", "/api/0/ls"),
+        ("/pydio/api/0/ls", "/pydio", "/api/0/ls"),
+        ("//pydio/api/0/ls", "/pydio", "/api/0/ls"),  # extra slashes tolerated inside the prefix part
+        ("/pydio//api/0/ls", "/pydio", "//api/0/ls"),  # ...never after it: PHP does not route that path
+        ("/pydio", "/pydio", "/"),
+        ("/pydio/", "/pydio", "/"),
+        ("/pydiox/api", "/pydio", None),
+        ("/other/api", "/pydio", None),
+        ("/a/b/c%2Fd", "/a/b", "/c%2Fd"),
+        ("/pydio/api/0/ls/a//b", "/pydio", "/api/0/ls/a//b"),  # slashes kept outside the prefix
+    ],
+)
 def test_strip_prefix(path, prefix, expected):
     assert translate.strip_prefix(path, prefix) == expected
 
@@ -38,28 +41,42 @@ def test_public_prefix_sources():
 @pytest.mark.parametrize("pub,up", [("", ""), ("/pydio", ""), ("", "/pydio"), ("/pydio", "/legacy/pydio")])
 def test_location_and_cookie_rewrites(pub, up):
     m = Mapping("https://files.example.org", pub, "http://127.0.0.1:8081", up)
-    assert m.to_public_url(f"http://127.0.0.1:8081{up}/index.php?x=1") == f"https://files.example.org{pub}/index.php?x=1"
+    assert (
+        m.to_public_url(f"http://127.0.0.1:8081{up}/index.php?x=1") == f"https://files.example.org{pub}/index.php?x=1"
+    )
     assert m.to_public_url(f"{up}/settings") == f"{pub}/settings"
     assert m.to_public_url("https://elsewhere.example/x") == "https://elsewhere.example/x"
     cookie = m.rewrite_set_cookie(f"AjaXplorer=abc; path={up or ''}/; domain=127.0.0.1; HttpOnly")
     assert cookie == f"AjaXplorer=abc; path={pub}/; HttpOnly"
     headers = translate.rewrite_response_headers(
-        [("Location", f"http://127.0.0.1:8081{up}/"), ("Refresh", f"0; url=http://127.0.0.1:8081{up}/a"),
-         ("Link", f"<http://127.0.0.1:8081{up}/x>; rel=next"), ("X-Other", "http://127.0.0.1:8081/")], m)
-    assert headers == [("Location", f"https://files.example.org{pub}/"),
-                       ("Refresh", f"0; url=https://files.example.org{pub}/a"),
-                       ("Link", f"<https://files.example.org{pub}/x>; rel=next"),
-                       ("X-Other", "http://127.0.0.1:8081/")]
+        [
+            ("Location", f"http://127.0.0.1:8081{up}/"),
+            ("Refresh", f"0; url=http://127.0.0.1:8081{up}/a"),
+            ("Link", f"<http://127.0.0.1:8081{up}/x>; rel=next"),
+            ("X-Other", "http://127.0.0.1:8081/"),
+        ],
+        m,
+    )
+    assert headers == [
+        ("Location", f"https://files.example.org{pub}/"),
+        ("Refresh", f"0; url=https://files.example.org{pub}/a"),
+        ("Link", f"<https://files.example.org{pub}/x>; rel=next"),
+        ("X-Other", "http://127.0.0.1:8081/"),
+    ]
 
 
 def test_body_rewrite_is_chunk_independent():
     m = Mapping("https://pub.example", "/pydio", "http://127.0.0.1:8081", "")
-    data = (b'<base href="http://127.0.0.1:8081/"> {"u":"http:\\/\\/127.0.0.1:8081\\/a"} '
-            b'http://127.0.0.1:80810 http://127.0.0.1:8081')
-    expected = (b'<base href="https://pub.example/pydio/"> {"u":"https:\\/\\/pub.example\\/pydio\\/a"} '
-                b'http://127.0.0.1:80810 https://pub.example/pydio')
+    data = (
+        b'<base href="http://127.0.0.1:8081/"> {"u":"http:\\/\\/127.0.0.1:8081\\/a"} '
+        b"http://127.0.0.1:80810 http://127.0.0.1:8081"
+    )
+    expected = (
+        b'<base href="https://pub.example/pydio/"> {"u":"https:\\/\\/pub.example\\/pydio\\/a"} '
+        b"http://127.0.0.1:80810 https://pub.example/pydio"
+    )
     for size in (1, 2, 3, 7, 16, 1000):
-        chunks = [data[i:i + size] for i in range(0, len(data), size)]
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
         assert b"".join(translate.rewrite_body_urls(chunks, m)) == expected
 
 
@@ -104,15 +121,18 @@ def test_body_head_resigned_in_place(kind):
         body = f"force_post=true&auth_token=tok&auth_hash={good.replace(':', '%3A')}&xhr_uploader=true".encode()
     else:
         ctype = "multipart/form-data; boundary=XyZ"
-        body = (f'--XyZ\r\nContent-Disposition: form-data; name="auth_token"\r\n\r\ntok\r\n'
-                f'--XyZ\r\nContent-Disposition: form-data; name="auth_hash"\r\n\r\n{good}\r\n'
-                f'--XyZ\r\nContent-Disposition: form-data; name="userfile_0"; filename="a"\r\n\r\nDATA\r\n--XyZ--\r\n').encode()
+        body = (
+            f'--XyZ\r\nContent-Disposition: form-data; name="auth_token"\r\n\r\ntok\r\n'
+            f'--XyZ\r\nContent-Disposition: form-data; name="auth_hash"\r\n\r\n{good}\r\n'
+            f'--XyZ\r\nContent-Disposition: form-data; name="userfile_0"; filename="a"\r\n\r\nDATA\r\n--XyZ--\r\n'
+        ).encode()
     out = resign.resign_body_head(body, ctype, "/pydio/api/0/upload/put/docs", "/api/0/upload/put/docs", ks)
     assert len(out) == len(body) and out != body
     start = body.index(good.split(":")[0].encode()) if kind == "multipart" else body.index(b"auth_hash=") + 10
-    new = out[start:start + len(good) + (2 if kind == "urlencoded" else 0)].decode().replace("%3A", ":")
+    new = out[start : start + len(good) + (2 if kind == "urlencoded" else 0)].decode().replace("%3A", ":")
     assert verifies("tok", "priv", "/api/0/upload/put/docs", new)
     # A hash signed over another path is left for the legacy server to refuse.
     other = body.replace(good.encode(), client_hash("tok", "priv", "/x").encode()).replace(
-        good.replace(":", "%3A").encode(), client_hash("tok", "priv", "/x").replace(":", "%3A").encode())
+        good.replace(":", "%3A").encode(), client_hash("tok", "priv", "/x").replace(":", "%3A").encode()
+    )
     assert resign.resign_body_head(other, ctype, "/pydio/api/0/upload/put/docs", "/api/0/upload/put/docs", ks) == other

@@ -2,7 +2,7 @@
 /*
  * The Pydio 8 change feed computed the way the legacy PHP server computes it,
  * for the benchmark baseline (bench/run.py).  Written from
- * shared/spec/changes-feed.md: the same SQL (one buffered query, as Pydio's
+ * docs/feed.md: the same SQL (one buffered query, as Pydio's
  * database layer runs it), the same per-row loop (flush() after each row in
  * flatten mode), PHP's own json_encode.
  *

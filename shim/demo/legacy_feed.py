@@ -34,21 +34,18 @@ def php_intval(text: str) -> int:
     return max(_INT64[0], min(_INT64[1], value))
 
 
-def changes_body(engine, identifier: str, recycle_bin: str, params: dict, path_seq: str) -> str:
-    """The body the legacy server prints for a ``changes`` request."""
-    seq_param = params.get("seq_id", path_seq)
-    stream = "stream" in params
-    sep = "\n" if stream else ","
-    seq = php_intval("".join(c for c in seq_param if c.isascii() and (c.isalnum() or c in "_.-")))
+def _read(engine, identifier: str, seq: int, params: dict):
+    """``(rows, MAX(seq) at the end)`` as the legacy action reads them; rows None: the seq is beyond MAX."""
     with engine.connect() as conn:
         very_last = conn.execute(sa.text("SELECT MAX(seq) FROM ajxp_changes")).scalar() or 0
         if very_last > 0 and seq > very_last:
-            return "LAST_SEQ:1" if stream else '{"changes":[],"last_seq":1}'
-        sql = ("SELECT c.seq, c.repository_identifier, c.node_id, c.type, c.source, c.target, "
-               "i.bytesize, i.md5, i.mtime, i.node_path FROM ajxp_changes c LEFT JOIN ajxp_index i "
-               "ON c.node_id = i.node_id WHERE c.repository_identifier = :ident AND c.seq > :seq")
+            return None, very_last
+        sql = (
+            "SELECT c.seq, c.repository_identifier, c.node_id, c.type, c.source, c.target, "
+            "i.bytesize, i.md5, i.mtime, i.node_path FROM ajxp_changes c LEFT JOIN ajxp_index i "
+            "ON c.node_id = i.node_id WHERE c.repository_identifier = :ident AND c.seq > :seq"
+        )
         binds = {"ident": identifier, "seq": seq}
-        filt = None
         if "filter" in params:
             filt = params["filter"].replace("\0", "")  # PHP's sanitiser drops NUL bytes
             like = filt.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
@@ -58,11 +55,24 @@ def changes_body(engine, identifier: str, recycle_bin: str, params: dict, path_s
             binds["like"] = like
         sql += " ORDER BY c.node_id, c.seq"
         rows = [dict(r._mapping) for r in conn.execute(sa.text(sql), binds)]
-        table_max = conn.execute(sa.text("SELECT MAX(seq) FROM ajxp_changes")).scalar()
+        return rows, conn.execute(sa.text("SELECT MAX(seq) FROM ajxp_changes")).scalar()
+
+
+def changes_body(engine, identifier: str, recycle_bin: str, params: dict, path_seq: str) -> str:
+    """The body the legacy server prints for a ``changes`` request."""
+    seq_param = params.get("seq_id", path_seq)
+    stream = "stream" in params
+    sep = "\n" if stream else ","
+    seq = php_intval("".join(c for c in seq_param if c.isascii() and (c.isalnum() or c in "_.-")))
+    rows, table_max = _read(engine, identifier, seq, params)
+    if rows is None:
+        return "LAST_SEQ:1" if stream else '{"changes":[],"last_seq":1}'
+    filt = params["filter"].replace("\0", "") if "filter" in params else None
     order = {"path": 0, "content": 1, "create": 2, "delete": 3}
     out: list[str] = []
     sent, last_seq = False, None
-    prev, prev_id = None, -1
+    prev: dict = {}
+    prev_id = -1
 
     def emit(row):
         nonlocal sent
@@ -74,11 +84,20 @@ def changes_body(engine, identifier: str, recycle_bin: str, params: dict, path_s
 
     flatten = "flatten" in params and params["flatten"] != "false"
     for r in rows:
-        row = {"seq": int(r["seq"]), "node_id": int(r["node_id"]), "type": r["type"], "source": r["source"],
-               "target": r["target"], "node": {
-                   "bytesize": None if r["bytesize"] is None else int(r["bytesize"]), "md5": r["md5"],
-                   "mtime": None if r["mtime"] is None else int(r["mtime"]), "node_path": r["node_path"],
-                   "repository_identifier": r["repository_identifier"]}}
+        row = {
+            "seq": int(r["seq"]),
+            "node_id": int(r["node_id"]),
+            "type": r["type"],
+            "source": r["source"],
+            "target": r["target"],
+            "node": {
+                "bytesize": None if r["bytesize"] is None else int(r["bytesize"]),
+                "md5": r["md5"],
+                "mtime": None if r["mtime"] is None else int(r["mtime"]),
+                "node_path": r["node_path"],
+                "repository_identifier": r["repository_identifier"],
+            },
+        }
         if recycle_bin and row["type"] == "path":
             if row["source"].startswith("/" + recycle_bin):
                 row["source"], row["type"] = "NULL", "create"
@@ -95,7 +114,7 @@ def changes_body(engine, identifier: str, recycle_bin: str, params: dict, path_s
             elif order[row["type"]] > order[prev["type"]]:
                 prev["type"] = row["type"]
         else:
-            if prev is not None and (prev["source"] != prev["target"] or prev["type"] == "content"):
+            if prev and (prev["source"] != prev["target"] or prev["type"] == "content"):
                 if _filter_row(prev, filt):
                     prev, prev_id, last_seq = row, row["node_id"], row["seq"]
                     continue
@@ -103,7 +122,7 @@ def changes_body(engine, identifier: str, recycle_bin: str, params: dict, path_s
             prev, prev_id = row, row["node_id"]
         if last_seq is None or row["seq"] > last_seq:
             last_seq = row["seq"]
-    if prev is not None and (prev["source"] != prev["target"] or prev["type"] == "content") and not _filter_row(prev, filt):
+    if prev and (prev["source"] != prev["target"] or prev["type"] == "content") and not _filter_row(prev, filt):
         emit(prev)
         if last_seq is None or prev["seq"] > last_seq:
             last_seq = prev["seq"]
@@ -113,31 +132,39 @@ def changes_body(engine, identifier: str, recycle_bin: str, params: dict, path_s
     return body if stream else '{"changes":[' + body
 
 
+def _strpos_is_zero(haystack, needle: bytes) -> bool:
+    """PHP's ``strpos($haystack, $needle) === 0`` on byte strings (null reads as "")."""
+    return (haystack or b"").startswith(needle)
+
+
+def _substr(value, start: int):
+    """PHP 7's ``substr($value, $start)`` on bytes: ``false`` when too short."""
+    value = value or b""
+    return False if len(value) < start else value[start:]
+
+
 def _filter_row(row, filt):
-    """The legacy filterRow(): True means drop; rewrites paths relative to the filter."""
-    if filt is None or filt == "":
+    """The legacy filterRow(), done on bytes as PHP does: True drops the row, else rewrites it."""
+    if not filt:
         return False
-    src_in = row["source"].startswith(filt + "/")
-    tgt_in = row["target"].startswith(filt + "/")
-    if not src_in and not tgt_in:
+    enc = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v  # noqa: E731
+    dec = lambda v: v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v  # noqa: E731
+    needle, node = enc(filt), row["node"]
+    source, target, node_path = enc(row["source"]), enc(row["target"]), enc(node["node_path"])
+    in_source, in_target = _strpos_is_zero(source, needle + b"/"), _strpos_is_zero(target, needle + b"/")
+    if not (in_source or in_target):
         return True
-    if row["type"] == "path":
-        if not src_in:
-            row["type"], row["source"] = "create", "NULL"
-        elif not tgt_in:
-            row["type"], row["target"] = "delete", "NULL"
-    if src_in:
-        row["source"] = row["source"][len(filt):]
-    if tgt_in:
-        row["target"] = row["target"][len(filt):]
-    node_path = row["node"]["node_path"]
+    if row["type"] == "path" and not in_source:
+        row["type"], source = "create", b"NULL"
+    elif row["type"] == "path" and not in_target:
+        row["type"], target = "delete", b"NULL"
+    source = _substr(source, len(needle)) if in_source else source
+    target = _substr(target, len(needle)) if in_target else target
     if row["type"] != "delete":
-        # PHP substr() counts bytes: strlen($filter) bytes off the UTF-8 path, false when shorter.
-        raw = node_path.encode("utf-8", "surrogateescape") if isinstance(node_path, str) else b""
-        cut = len(filt.encode("utf-8", "surrogateescape"))
-        row["node"]["node_path"] = raw[cut:].decode("utf-8", "surrogateescape") if len(raw) >= cut else False
-    elif not (isinstance(node_path, str) and node_path.startswith(filt)):
-        row["node"]["node_path"] = False
+        node_path = _substr(node_path, len(needle))
+    elif not _strpos_is_zero(node_path, needle):
+        node_path = False
+    row["source"], row["target"], node["node_path"] = dec(source), dec(target), dec(node_path)
     return False
 
 
@@ -151,5 +178,3 @@ def _php_encodable(value) -> bool:
         except UnicodeEncodeError:
             return False
     return True
-
-

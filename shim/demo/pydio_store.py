@@ -58,8 +58,6 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(hash_password(password, salt), stored)
 
 
-
-
 class PydioStore:
     """Reads and writes the conf and auth tables of one Pydio database."""
 
@@ -76,7 +74,9 @@ class PydioStore:
     def set_right(self, login: str, ws_id: str, rights: str | None):
         """Grant (``"r"``/``"rw"``) or revoke (``None``) a right."""
         with self.engine.begin() as conn:
-            conn.execute(db.user_rights.delete().where(db.user_rights.c.login == login, db.user_rights.c.repo_uuid == ws_id))
+            conn.execute(
+                db.user_rights.delete().where(db.user_rights.c.login == login, db.user_rights.c.repo_uuid == ws_id)
+            )
             if rights:
                 conn.execute(db.user_rights.insert().values(login=login, repo_uuid=ws_id, rights=rights))
 
@@ -98,8 +98,10 @@ class PydioStore:
         found = list(self.workspaces)
         with self.engine.connect() as conn:
             repos = conn.execute(sa.select(db.repo.c.uuid, db.repo.c.slug, db.repo.c.isTemplate)).all()
-            options = conn.execute(sa.select(db.repo_options.c.uuid, db.repo_options.c.name, db.repo_options.c.val)).all()
-        opts = collections.defaultdict(dict)
+            options = conn.execute(
+                sa.select(db.repo_options.c.uuid, db.repo_options.c.name, db.repo_options.c.val)
+            ).all()
+        opts: collections.defaultdict[str, dict[str, str]] = collections.defaultdict(dict)
         for uuid, name, val in options:
             opts[uuid][name] = val.decode() if isinstance(val, bytes) else (val or "")
         for uuid, slug, is_template in repos:
@@ -107,15 +109,21 @@ class PydioStore:
                 continue
             o = opts[uuid]
             meta = o.get("META_SOURCES", "")
-            syncable = "meta.syncable" in meta and "REPO_SYNCABLE\";b:0" not in meta
-            found.append(StandinWorkspace(uuid, slug or uuid, o.get("PATH", "AJXP_DATA_PATH/" + uuid),
-                                          o.get("RECYCLE_BIN", ""), syncable))
+            syncable = "meta.syncable" in meta and 'REPO_SYNCABLE";b:0' not in meta
+            found.append(
+                StandinWorkspace(
+                    uuid, slug or uuid, o.get("PATH", "AJXP_DATA_PATH/" + uuid), o.get("RECYCLE_BIN", ""), syncable
+                )
+            )
         return found
 
     def has_right(self, login: str, ws_id: str) -> bool:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(db.user_rights.c.rights).where(
-                db.user_rights.c.login == login, db.user_rights.c.repo_uuid == ws_id)).first()
+            row = conn.execute(
+                sa.select(db.user_rights.c.rights).where(
+                    db.user_rights.c.login == login, db.user_rights.c.repo_uuid == ws_id
+                )
+            ).first()
         return bool(row and "r" in row[0])
 
     def group_path(self, login: str) -> str:

@@ -29,6 +29,7 @@ class ServerThread:
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
         from werkzeug.serving import make_server
+
         self.server = make_server(host, port, app, threaded=True)
         self.port = self.server.server_port
         self.url = f"http://{host}:{self.port}"
@@ -70,9 +71,9 @@ class DemoStack:
         self.port = port or free_port()
         self.prefix = prefix
         self.database_url = f"sqlite:///{os.path.join(self.workdir, 'pydio.db')}"
-        self.standin = None
-        self.standin_server = None
-        self.shim = None
+        self.standin: LegacyStandin | None = None
+        self.standin_server: ServerThread | None = None
+        self.shim: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self):
@@ -83,16 +84,34 @@ class DemoStack:
             self.standin.add_user(DEMO_USER, DEMO_PASSWORD)
         self.standin_server = ServerThread(self.standin).start()
         env = dict(os.environ)
-        env.update({
-            "PYDIO_SHIM_UPSTREAM_URL": self.standin_server.url,
-            "PYDIO_SHIM_UPSTREAM_PREFIX": self.prefix or "/",
-            "PYDIO_SHIM_DATABASE_URL": self.database_url,
-        })
+        env.update(
+            {
+                "PYDIO_SHIM_UPSTREAM_URL": self.standin_server.url,
+                "PYDIO_SHIM_UPSTREAM_PREFIX": self.prefix or "/",
+                "PYDIO_SHIM_DATABASE_URL": self.database_url,
+            }
+        )
         env.pop("PYDIO_SHIM_CONFIG", None)
         self.shim = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--worker-class", "gthread",
-             "--workers", "1", "--threads", "8", "--log-level", "warning", "shim.wsgi:application"],
-            env=env, stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--worker-class",
+                "gthread",
+                "--workers",
+                "1",
+                "--threads",
+                "8",
+                "--log-level",
+                "warning",
+                "shim.wsgi:application",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
         if not wait_for(self.url + "/_shim/health"):
             self.stop()
             raise RuntimeError("the shim did not start; see the messages above")
@@ -105,7 +124,7 @@ class DemoStack:
                 self.shim.wait(10)
             except subprocess.TimeoutExpired:
                 self.shim.kill()
-        if self.standin_server is not None:
+        if self.standin_server is not None and self.standin is not None:
             self.standin_server.stop()
             self.standin.engine.dispose()
         if self.own_workdir:
@@ -124,15 +143,25 @@ class DemoStack:
             ("health of the shim", f"curl -s {u}/_shim/health"),
             ("create a folder (forwarded to the legacy server)", f"curl -s -u {a} -X POST {u}/api/default/mkdir/docs"),
             ("create a file", f"curl -s -u {a} -X POST {u}/api/default/mkfile/docs/r%C3%A9sum%C3%A9.txt"),
-            ("the change feed, as the desktop client reads it (answered by the shim)",
-             f"curl -s -u {a} '{u}/api/default/changes/0?stream=true&flatten=true'"),
+            (
+                "the change feed, as the desktop client reads it (answered by the shim)",
+                f"curl -s -u {a} '{u}/api/default/changes/0?stream=true&flatten=true'",
+            ),
             ("the same feed as JSON, filtered to /docs", f"curl -s -u {a} '{u}/api/default/changes/0?filter=/docs'"),
-            ("rename the file", f"curl -s -u {a} -X POST -d file=/docs/r%C3%A9sum%C3%A9.txt -d filename_new=cv.txt "
-                                f"{u}/api/default/rename"),
+            (
+                "rename the file",
+                f"curl -s -u {a} -X POST -d file=/docs/r%C3%A9sum%C3%A9.txt -d filename_new=cv.txt "
+                f"{u}/api/default/rename",
+            ),
             ("changes since seq 2", f"curl -s -u {a} '{u}/api/default/changes/2?stream=true'"),
-            ("a key-store token for a device (then sign requests with it)",
-             f"curl -s -u {a} {u}/api/pydio/keystore_generate_auth_token/my-laptop"),
-            ("a wrong password: the legacy 401, passed back", f"curl -si -u {DEMO_USER}:wrong {u}/api/default/changes/0"),
+            (
+                "a key-store token for a device (then sign requests with it)",
+                f"curl -s -u {a} {u}/api/pydio/keystore_generate_auth_token/my-laptop",
+            ),
+            (
+                "a wrong password: the legacy 401, passed back",
+                f"curl -si -u {DEMO_USER}:wrong {u}/api/default/changes/0",
+            ),
             ("metrics", f"curl -s {u}/_shim/metrics | grep ^shim_feed"),
         ]
 
@@ -145,8 +174,11 @@ def run_demo(port: int = 0, prefix: str = "", workdir: str | None = None) -> int
     except (RuntimeError, OSError) as exc:
         print(f"pydio-shim demo: {exc}", file=sys.stderr)
         return 1
-    print(f"\n  shim:                 {stack.url}\n  legacy stand-in:      {stack.standin_server.url}{prefix}\n"
-          f"  database:             {stack.database_url}\n  user / password:      {DEMO_USER} / {DEMO_PASSWORD}\n")
+    assert stack.standin_server is not None and stack.shim is not None  # both set by start()
+    print(
+        f"\n  shim:                 {stack.url}\n  legacy stand-in:      {stack.standin_server.url}{prefix}\n"
+        f"  database:             {stack.database_url}\n  user / password:      {DEMO_USER} / {DEMO_PASSWORD}\n"
+    )
     print("Try (in another terminal):\n")
     for what, command in stack.example_commands():
         print(f"  # {what}\n  {command}\n")

@@ -19,7 +19,6 @@ server's 404) or with the ``Authorization`` header dropped on the way to PHP
 
 from __future__ import annotations
 
-import base64
 import collections
 import hashlib
 import hmac
@@ -29,7 +28,7 @@ import secrets
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import phpserialize
@@ -53,16 +52,27 @@ def php_signed_uri(path: str) -> str:
     parts = []
     for part in path.rstrip("/").split("/"):
         raw = bytes(unquote(part.replace("+", " "), encoding="latin-1"), "latin-1")
-        parts.append("".join(chr(b) if (chr(b).isascii() and (chr(b).isalnum() or chr(b) in "-_.~")) else "%%%02X" % b for b in raw))
+        parts.append(
+            "".join(
+                chr(b) if (chr(b).isascii() and (chr(b).isalnum() or chr(b) in "-_.~")) else f"%{b:02X}" for b in raw
+            )
+        )
     return "/".join(parts).replace("~", "%7E")
 
 
 class LegacyStandin:
     """A WSGI application behaving like a Pydio 8 install for the sync client."""
 
-    def __init__(self, database_url: str, data_dir: str, workspaces=None, prefix: str = "/",
-                 rewrite_broken: bool = False, drop_authorization: bool = False,
-                 force_session_credentials: bool = False):
+    def __init__(
+        self,
+        database_url: str,
+        data_dir: str,
+        workspaces=None,
+        prefix: str = "/",
+        rewrite_broken: bool = False,
+        drop_authorization: bool = False,
+        force_session_credentials: bool = False,
+    ):
         self.engine = db.create_engine(database_url)
         self.data_dir = data_dir
         self.store = PydioStore(self.engine, workspaces)
@@ -71,8 +81,8 @@ class LegacyStandin:
         self.drop_authorization = drop_authorization
         self.force_session_credentials = force_session_credentials
         self.sessions: dict[str, str] = {}
-        self.log = collections.deque(maxlen=2000)  # (method, raw request URI)
-        self.calls = collections.Counter()  # action name -> count
+        self.log: collections.deque[tuple[str, str]] = collections.deque(maxlen=2000)  # (method, raw target)
+        self.calls: collections.Counter[str] = collections.Counter()  # action name -> count
         self._lock = threading.Lock()
         os.makedirs(data_dir, exist_ok=True)
 
@@ -109,16 +119,19 @@ class LegacyStandin:
     def route(self, request: Request, path: str, raw_uri: str) -> Response:
         base = self.prefix
         if path.startswith(base + "/_standin/"):
-            return self.diagnostics(request, path[len(base) + len("/_standin/"):], raw_uri)
+            return self.diagnostics(request, path[len(base) + len("/_standin/") :], raw_uri)
         if self.rewrite_broken and not path.startswith(base + "/index.php"):
             # What Apache says when the rewrite to index.php is missing.
-            body = ("<!DOCTYPE HTML PUBLIC \"-//IETF//DTD HTML 2.0//EN\">\n<html><head>\n<title>404 Not Found</title>\n"
-                    "</head><body>\n<h1>Not Found</h1>\n<p>The requested URL was not found on this server.</p>\n</body></html>\n")
+            body = (
+                '<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">\n<html><head>\n<title>404 Not Found</title>\n'
+                "</head><body>\n<h1>Not Found</h1>\n"
+                "<p>The requested URL was not found on this server.</p>\n</body></html>\n"
+            )
             return Response(body, 404, content_type="text/html; charset=iso-8859-1")
         if path.startswith(base + "/index.php"):
-            path = base + path[len(base) + len("/index.php"):]
+            path = base + path[len(base) + len("/index.php") :]
         if path.startswith(base + "/api/"):
-            return self.api(request, path[len(base) + len("/api/"):])
+            return self.api(request, path[len(base) + len("/api/") :])
         if path in (base, base + "/") and request.args.get("get_action") == "login":
             return self.login(request)
         if path in (base, base + "/"):
@@ -133,9 +146,11 @@ class LegacyStandin:
     def boot_page(self, request: Request) -> Response:
         base = self.own_base_url(request)
         user = self.sessions.get(request.cookies.get("AjaXplorer", ""))
-        html = (f'<!DOCTYPE html><html><head><base href="{base}"><title>Pydio</title>'
-                f'<script>window.ajxpServerAccess = "{base}index.php";</script></head>'
-                f'<body data-user="{user or ""}"><a href="{base}login">login</a></body></html>')
+        html = (
+            f'<!DOCTYPE html><html><head><base href="{base}"><title>Pydio</title>'
+            f'<script>window.ajxpServerAccess = "{base}index.php";</script></head>'
+            f'<body data-user="{user or ""}"><a href="{base}login">login</a></body></html>'
+        )
         return Response(html, 200, content_type=HTML)
 
     def login(self, request: Request) -> Response:
@@ -143,7 +158,9 @@ class LegacyStandin:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(db.users.c.password).where(db.users.c.login == login)).first()
         if not row or not check_password(request.form.get("password", ""), row[0]):
-            return Response('<?xml version="1.0" encoding="UTF-8"?><tree><logging_result value="-1"/></tree>', 200, content_type=XML)
+            return Response(
+                '<?xml version="1.0" encoding="UTF-8"?><tree><logging_result value="-1"/></tree>', 200, content_type=XML
+            )
         session = secrets.token_hex(16)
         self.sessions[session] = login
         response = Response("", 302, headers={"Location": self.own_base_url(request)})
@@ -156,8 +173,10 @@ class LegacyStandin:
         # PHP's $_GET holds the percent-decoded bytes: decode each escape to one
         # latin-1 character first, then read the bytes as UTF-8.
         params = dict(parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True, encoding="latin-1"))
-        params = {k.encode("latin-1").decode("utf-8", "replace"): v.encode("latin-1").decode("utf-8", "replace")
-                  for k, v in params.items()}
+        params = {
+            k.encode("latin-1").decode("utf-8", "replace"): v.encode("latin-1").decode("utf-8", "replace")
+            for k, v in params.items()
+        }
         if request.method == "POST":
             params.update(request.form.to_dict())
         return params
@@ -169,8 +188,11 @@ class LegacyStandin:
             row = None
             if "\0" not in token:  # no key holds a NUL (and PostgreSQL refuses one in a query)
                 with self.engine.connect() as conn:
-                    row = conn.execute(sa.select(db.simple_store.c.serialized_data).where(
-                        db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token)).first()
+                    row = conn.execute(
+                        sa.select(db.simple_store.c.serialized_data).where(
+                            db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token
+                        )
+                    ).first()
             if row:
                 data = phpserialize.loads(row[0].encode(), decode_strings=True)
                 nonce, given = auth_hash.split(":", 1)
@@ -196,8 +218,11 @@ class LegacyStandin:
         return self.sessions.get(session) if session else None
 
     def root_dir(self, ws: StandinWorkspace, login: str) -> str:
-        path = (ws.path.replace("AJXP_DATA_PATH", self.data_dir).replace("AJXP_USER", login)
-                .replace("AJXP_GROUP_PATH", self.store.group_path(login).strip("/")))
+        path = (
+            ws.path.replace("AJXP_DATA_PATH", self.data_dir)
+            .replace("AJXP_USER", login)
+            .replace("AJXP_GROUP_PATH", self.store.group_path(login).strip("/"))
+        )
         os.makedirs(path, exist_ok=True)
         return path
 
@@ -208,21 +233,31 @@ class LegacyStandin:
         ws_key, action = unquote(parts[0]), parts[1]
         node_path = "/" + unquote(parts[2], errors="surrogateescape") if len(parts) > 2 else ""
         params = self.params(request)
-        login = self.authenticate(request, params, urlsplit(request.environ.get("REQUEST_URI") or request.full_path).path)
+        login = self.authenticate(
+            request, params, urlsplit(request.environ.get("REQUEST_URI") or request.full_path).path
+        )
         with self._lock:
             self.calls[action] += 1
         if login is None:
             return Response(b"", 401, headers={"WWW-Authenticate": REALM_HEADER}, content_type=HTML)
         ws = self.store.find_workspace(ws_key, login)
         if ws is None:
-            return Response('<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
-                            f'Could not find workspace with id/alias {ws_key}</message></tree>', 200, content_type=XML)
+            return Response(
+                '<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
+                f"Could not find workspace with id/alias {ws_key}</message></tree>",
+                200,
+                content_type=XML,
+            )
         if not self.store.has_right(login, ws.id):
             return Response(NOT_AUTHORIZED, 401, content_type=HTML)
         handler = getattr(self, "do_" + action, None)
         if handler is None:
-            return Response('<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
-                            f'Unknown action {action}</message></tree>', 200, content_type=XML)
+            return Response(
+                '<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
+                f"Unknown action {action}</message></tree>",
+                200,
+                content_type=XML,
+            )
         return handler(request, ws, login, node_path, params)
 
     # --- file actions, each keeping ajxp_index current ---------------------------
@@ -236,31 +271,58 @@ class LegacyStandin:
         is_dir = os.path.isdir(local)
         md5 = "directory" if is_dir else _md5_file(local)
         with self.engine.begin() as conn:
-            conn.execute(db.index.insert().values(node_path=path, bytesize=0 if is_dir else st.st_size, md5=md5,
-                                                  mtime=int(st.st_mtime), repository_identifier=self.store.identifier(ws, login)))
+            conn.execute(
+                db.index.insert().values(
+                    node_path=path,
+                    bytesize=0 if is_dir else st.st_size,
+                    md5=md5,
+                    mtime=int(st.st_mtime),
+                    repository_identifier=self.store.identifier(ws, login),
+                )
+            )
 
     def _index_content(self, ws, login, path, local):
         st = os.stat(local)
         with self.engine.begin() as conn:
-            done = conn.execute(db.index.update().where(db.index.c.node_path == path, db.index.c.repository_identifier == self.store.identifier(ws, login))
-                                .values(bytesize=st.st_size, mtime=int(st.st_mtime), md5=_md5_file(local))).rowcount
+            done = conn.execute(
+                db.index.update()
+                .where(
+                    db.index.c.node_path == path, db.index.c.repository_identifier == self.store.identifier(ws, login)
+                )
+                .values(bytesize=st.st_size, mtime=int(st.st_mtime), md5=_md5_file(local))
+            ).rowcount
         if not done:
             self._index_insert(ws, login, path, local)
 
     def _index_move(self, ws, login, old, new):
         ident = self.store.identifier(ws, login)
         with self.engine.begin() as conn:
-            rows = conn.execute(sa.select(db.index.c.node_id, db.index.c.node_path).where(
-                db.index.c.repository_identifier == ident,
-                sa.or_(db.index.c.node_path == old, db.index.c.node_path.startswith(old.rstrip("/") + "/", autoescape=True)))).all()
+            rows = conn.execute(
+                sa.select(db.index.c.node_id, db.index.c.node_path).where(
+                    db.index.c.repository_identifier == ident,
+                    sa.or_(
+                        db.index.c.node_path == old,
+                        db.index.c.node_path.startswith(old.rstrip("/") + "/", autoescape=True),
+                    ),
+                )
+            ).all()
             for node_id, node_path in sorted(rows):
-                conn.execute(db.index.update().where(db.index.c.node_id == node_id).values(node_path=new + node_path[len(old):]))
+                conn.execute(
+                    db.index.update().where(db.index.c.node_id == node_id).values(node_path=new + node_path[len(old) :])
+                )
 
     def _index_delete(self, ws, login, path):
         ident = self.store.identifier(ws, login)
         with self.engine.begin() as conn:
-            conn.execute(db.index.delete().where(db.index.c.repository_identifier == ident, sa.or_(
-                db.index.c.node_path == path, db.index.c.node_path.startswith(path.rstrip("/") + "/", autoescape=True))))
+            conn.execute(
+                db.index.delete().where(
+                    db.index.c.repository_identifier == ident,
+                    sa.or_(
+                        db.index.c.node_path == path,
+                        db.index.c.node_path.startswith(path.rstrip("/") + "/", autoescape=True),
+                    ),
+                )
+            )
 
     def do_mkdir(self, request, ws, login, path, params):
         local = self._local(ws, login, path)
@@ -277,7 +339,7 @@ class LegacyStandin:
 
     def do_upload(self, request, ws, login, path, params):
         # upload/put/{dir}: multipart field userfile_0, streamed to disk by Werkzeug.
-        directory = path[len("/put"):] if path.startswith("/put") else path
+        directory = path[len("/put") :] if path.startswith("/put") else path
         stream, form, files = parse_form_data(request.environ)
         upload = files.get("userfile_0")
         if upload is None:
@@ -297,7 +359,9 @@ class LegacyStandin:
         source = params.get("file") or path
         new_name = params.get("filename_new")
         dest = params.get("dest")
-        target = (dest.rstrip("/") + "/" + source.rsplit("/", 1)[1]) if dest else source.rsplit("/", 1)[0] + "/" + new_name
+        target = (
+            (dest.rstrip("/") + "/" + source.rsplit("/", 1)[1]) if dest else source.rsplit("/", 1)[0] + "/" + new_name
+        )
         return self._move(ws, login, source, target)
 
     do_move = do_rename
@@ -328,11 +392,15 @@ class LegacyStandin:
         items = []
         for name in sorted(os.listdir(local)):
             st = os.stat(os.path.join(local, name))
-            child = (path.rstrip("/") + "/" + name)
+            child = path.rstrip("/") + "/" + name
             is_file = "false" if os.path.isdir(os.path.join(local, name)) else "true"
-            items.append(f'<tree filename="{_xml(child)}" text="{_xml(name)}" is_file="{is_file}" '
-                         f'bytesize="{st.st_size}" ajxp_modiftime="{int(st.st_mtime)}"/>')
-        body = f'<?xml version="1.0" encoding="UTF-8"?><tree filename="{_xml(path or "/")}">' + "".join(items) + "</tree>"
+            items.append(
+                f'<tree filename="{_xml(child)}" text="{_xml(name)}" is_file="{is_file}" '
+                f'bytesize="{st.st_size}" ajxp_modiftime="{int(st.st_mtime)}"/>'
+            )
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><tree filename="{_xml(path or "/")}">' + "".join(items) + "</tree>"
+        )
         return Response(body, 200, content_type=XML)
 
     def do_stat(self, request, ws, login, path, params):
@@ -340,18 +408,25 @@ class LegacyStandin:
         if not os.path.exists(local):
             return Response("{}", 200, content_type="application/json")
         st = os.stat(local)
-        return Response(json.dumps({"size": st.st_size, "mtime": int(st.st_mtime), "mode": st.st_mode}), 200,
-                        content_type="application/json")
+        return Response(
+            json.dumps({"size": st.st_size, "mtime": int(st.st_mtime), "mode": st.st_mode}),
+            200,
+            content_type="application/json",
+        )
 
     def do_download(self, request, ws, login, path, params):
         local = self._local(ws, login, params.get("file") or path)
         if not os.path.isfile(local):
             return Response("", 404)
         st = os.stat(local)
-        response = Response(wrap_file(request.environ, open(local, "rb")), 200, content_type="application/force-download",
-                            direct_passthrough=True)
+        response = Response(
+            wrap_file(request.environ, open(local, "rb")),
+            200,
+            content_type="application/force-download",
+            direct_passthrough=True,
+        )
         response.content_length = st.st_size
-        response.last_modified = int(st.st_mtime)
+        response.last_modified = datetime.fromtimestamp(int(st.st_mtime), UTC)
         response.set_etag(f"{st.st_ino:x}-{st.st_size:x}-{int(st.st_mtime):x}")
         response.headers["Content-Disposition"] = f'attachment; filename="{os.path.basename(local)}"'
         response.headers["Accept-Ranges"] = "bytes"
@@ -361,24 +436,36 @@ class LegacyStandin:
         if self.force_session_credentials:
             return Response(b"", 200, content_type=HTML)
         token, private = secrets.token_hex(16), secrets.token_hex(16)
-        data = {"USER_ID": login, "PRIVATE": private, "DEVICE_ID": path.strip("/"),
-                "DEVICE_UA": request.headers.get("User-Agent", ""), "DEVICE_IP": request.remote_addr or ""}
+        data = {
+            "USER_ID": login,
+            "PRIVATE": private,
+            "DEVICE_ID": path.strip("/"),
+            "DEVICE_UA": request.headers.get("User-Agent", ""),
+            "DEVICE_IP": request.remote_addr or "",
+        }
         with self.engine.begin() as conn:
-            conn.execute(db.simple_store.insert().values(object_id=token, store_id="keystore",
-                                                         serialized_data=phpserialize.dumps(data).decode()))
+            conn.execute(
+                db.simple_store.insert().values(
+                    object_id=token, store_id="keystore", serialized_data=phpserialize.dumps(data).decode()
+                )
+            )
         return Response(json.dumps({"t": token, "p": private}), 200, content_type="application/json")
 
     def do_changes(self, request, ws, login, path, params):
         """The legacy ``changes`` action (:func:`shim.demo.legacy_feed.changes_body`)."""
         with self._lock:
             self.calls["changes_side_effects"] += 1
-        body = legacy_feed.changes_body(self.engine, self.store.identifier(ws, login), ws.recycle_bin, params,
-                                        path.strip("/"))
+        body = legacy_feed.changes_body(
+            self.engine, self.store.identifier(ws, login), ws.recycle_bin, params, path.strip("/")
+        )
         return Response(body, 200, content_type="application/json; charset=UTF-8")
 
     def _ok(self, text):
-        return Response(f'<?xml version="1.0" encoding="UTF-8"?><tree><message type="SUCCESS">{_xml(text)}</message></tree>',
-                        200, content_type=XML)
+        return Response(
+            f'<?xml version="1.0" encoding="UTF-8"?><tree><message type="SUCCESS">{_xml(text)}</message></tree>',
+            200,
+            content_type=XML,
+        )
 
     # --- diagnostics for proxy tests (not a Pydio feature) ------------------------
 
@@ -388,9 +475,15 @@ class LegacyStandin:
             while chunk := request.stream.read(65536):
                 digest.update(chunk)
                 size += len(chunk)
-            info = {"method": request.method, "request_uri": raw_uri, "headers": list(request.headers.items()),
-                    "body_md5": digest.hexdigest(), "body_length": size, "remote_addr": request.remote_addr,
-                    "remote_port": request.environ.get("REMOTE_PORT")}
+            info = {
+                "method": request.method,
+                "request_uri": raw_uri,
+                "headers": list(request.headers.items()),
+                "body_md5": digest.hexdigest(),
+                "body_length": size,
+                "remote_addr": request.remote_addr,
+                "remote_port": request.environ.get("REMOTE_PORT"),
+            }
             return Response(json.dumps(info), 200, content_type="application/json")
         if what.startswith("bytes"):
             n = int(request.args.get("n", "0"))
@@ -399,9 +492,12 @@ class LegacyStandin:
             def generate():
                 left = n
                 while left > 0:
-                    yield chunk[:min(left, 65536)]
+                    yield chunk[: min(left, 65536)]
                     left -= min(left, 65536)
-            return Response(generate(), 200, content_type="application/octet-stream", headers={"Content-Length": str(n)})
+
+            return Response(
+                generate(), 200, content_type="application/octet-stream", headers={"Content-Length": str(n)}
+            )
         if what.startswith("slow"):
             time.sleep(float(request.args.get("s", "1")))
             return Response("slow", 200, content_type="text/plain")
@@ -418,5 +514,3 @@ def _md5_file(path: str) -> str:
 
 def _xml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-
-

@@ -29,10 +29,38 @@ failed (warnings and skipped checks allowed), 1 otherwise.
 from __future__ import annotations
 
 from . import configuration, database, legacy, through_shim, workspaces  # noqa: F401 - registers the checks
-from .base import (CHECKS, FAILED, OK, SKIPPED, WARNING, Context, Finding, Progress, as_json, check_url, exit_status,
-                   run, summary)
+from .base import (
+    CHECKS,
+    FAILED,
+    OK,
+    SKIPPED,
+    WARNING,
+    Context,
+    Finding,
+    Progress,
+    as_json,
+    check_url,
+    exit_status,
+    run,
+    summary,
+)
 from .database import TRIGGER_ROLES
 from .legacy import password_matches
 
-__all__ = ["CHECKS", "FAILED", "OK", "SKIPPED", "WARNING", "Context", "Finding", "Progress", "TRIGGER_ROLES",
-           "as_json", "check_url", "exit_status", "password_matches", "run", "summary"]
+__all__ = [
+    "CHECKS",
+    "FAILED",
+    "OK",
+    "SKIPPED",
+    "WARNING",
+    "Context",
+    "Finding",
+    "Progress",
+    "TRIGGER_ROLES",
+    "as_json",
+    "check_url",
+    "exit_status",
+    "password_matches",
+    "run",
+    "summary",
+]

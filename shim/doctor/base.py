@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import sys
+import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
 import sqlalchemy as sa
 
-from .. import config as config_module, db
+from .. import config as config_module
+from .. import db
 
 OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
 USER_AGENT = "pydio-shim doctor"
@@ -53,26 +56,45 @@ class Stop(Exception):
 @dataclass
 class Check:
     id: str
-    title: Callable[["Context"], str]
-    run: Callable[["Context"], object]
+    title: Callable[[Context], str]
+    run: Callable[[Context], object]
     needs: dict[str, str]  # check id -> why this one is skipped when that one did not pass
-    when: Callable[["Context"], bool]
+    when: Callable[[Context], bool]
 
 
 #: Every registered check (:func:`check`).
 CHECKS: list[Check] = []
 #: The order the checks run in: each one after those it may need.
-RUN_ORDER = ("configuration", "database", "feed_database", "tables", "triggers", "trigger_firing", "feed_index",
-             "workspaces", "upstream", "api", "authorization", "shim", "end_to_end")
+RUN_ORDER = (
+    "configuration",
+    "database",
+    "feed_database",
+    "tables",
+    "triggers",
+    "trigger_firing",
+    "feed_index",
+    "workspaces",
+    "upstream",
+    "api",
+    "authorization",
+    "shim",
+    "end_to_end",
+)
 
 
-def check(check_id: str, title: str | Callable[["Context"], str], needs: dict[str, str] | None = None,
-          when: Callable[["Context"], bool] | None = None):
+def check(
+    check_id: str,
+    title: str | Callable[[Context], str],
+    needs: dict[str, str] | None = None,
+    when: Callable[[Context], bool] | None = None,
+):
     """Register the decorated function as the check *check_id* (see the module docstring)."""
+
     def register(fn):
-        CHECKS.append(Check(check_id, title if callable(title) else (lambda ctx, t=title: t), fn, needs or {},
-                            when or (lambda ctx: True)))
+        title_of: Callable[[Context], str] = title if callable(title) else (lambda ctx: str(title))
+        CHECKS.append(Check(check_id, title_of, fn, needs or {}, when or (lambda ctx: True)))
         return fn
+
     return register
 
 
@@ -90,7 +112,7 @@ class Context:
     status: dict[str, str] = field(default_factory=dict)
     engine: sa.engine.Engine | None = None  # set by the "database" check
     tables: set[str] = field(default_factory=set)  # set by the "database" check
-    upstream: object = None  # set by the "upstream" check
+    upstream: Any = None  # an Upstream, set by the "upstream" check
     target: object = None  # the workspace of the account checks (a Workspace, or None)
     target_key: str | None = None
     target_usable: bool = False  # set by the "authorization" check
@@ -99,6 +121,18 @@ class Context:
     @property
     def config_option(self) -> str:
         return f" --config {self.config_path}" if self.config_path else ""
+
+    @property
+    def db(self) -> sa.engine.Engine:
+        """The database engine; a check that needs it runs only after the "database" check passed."""
+        if self.engine is None:
+            raise Stop(SKIPPED, "the database is not reachable (see above)")
+        return self.engine
+
+    @property
+    def credentials(self) -> tuple[str, str]:
+        """The test account's login and password (``--user``)."""
+        return self.login or "", self.password or ""
 
     @property
     def uprefix(self) -> str:
@@ -118,9 +152,15 @@ def run(ctx: Context, progress=None, report=None) -> list[Finding]:
     """Run every registered check against *ctx*; *progress(title)* before each, *report(finding)* after."""
     progress = progress or (lambda title: None)
     report = report or (lambda finding: None)
-    secrets_ = [s for s in (ctx.password, sa.engine.make_url(ctx.config.database_url).password,
-                            sa.engine.make_url(ctx.config.database_feed_url).password
-                            if ctx.config.database_feed_url else None) if s]
+    secrets_ = [
+        s
+        for s in (
+            ctx.password,
+            sa.engine.make_url(ctx.config.database_url).password,
+            sa.engine.make_url(ctx.config.database_feed_url).password if ctx.config.database_feed_url else None,
+        )
+        if s
+    ]
     ctx.http.trust_env = False  # talk to the shim directly, never through an environment proxy
     ctx.http.headers["User-Agent"] = USER_AGENT
     findings: list[Finding] = []
@@ -157,7 +197,7 @@ def _outcome(c: Check, title: str, ctx: Context) -> list[Finding]:
         return [Finding(c.id, title, FAILED, f"unexpected error: {exc.__class__.__name__}: {db.first_line(exc)}")]
     if isinstance(result, list):
         return result
-    status, seen, *fix = result
+    status, seen, *fix = typing.cast(tuple, result)
     return [Finding(c.id, title, status, seen, fix[0] if fix else "")]
 
 
@@ -214,6 +254,7 @@ def check_url(url: str) -> str:
 def body_hint(body: bytes) -> str:
     """A short description of an answer body: its HTML title, XML message or first characters."""
     import re
+
     text = body.decode("utf-8", "replace")
     for pattern in (r"<title>(.*?)</title>", r"<message[^>]*>(.*?)</message>", r"<h1>(.*?)</h1>"):
         match = re.search(pattern, text, re.I | re.S)

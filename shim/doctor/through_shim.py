@@ -21,9 +21,11 @@ def shim(ctx: Context):
         response = ctx.http.get(url, timeout=ctx.timeout * 3)
     except requests.RequestException as exc:
         reason = db.os_reason(exc) or exc.__class__.__name__
-        raise Stop(FAILED if ctx.login else WARNING, f"nothing answers at {url} ({reason})",
-                   "start the shim (pydio-shim serve), or give its public URL, prefix included, with --shim-url") \
-            from None
+        raise Stop(
+            FAILED if ctx.login else WARNING,
+            f"nothing answers at {url} ({reason})",
+            "start the shim (pydio-shim serve), or give its public URL, prefix included, with --shim-url",
+        ) from None
     if not health:
         return OK, f"{url} answered {response.status_code} (admin.health_path is off)"
     try:
@@ -34,40 +36,52 @@ def shim(ctx: Context):
         return OK, f"{url}: " + ", ".join(f"{k} {v}" for k, v in state.get("checks", {}).items())
     if response.status_code == 503 and isinstance(state, dict):
         failing = "; ".join(f"{k} {v}" for k, v in state.get("checks", {}).items() if v != "ok")
-        raise Stop(FAILED, f"{url} answered 503: {failing}",
-                   "the shim cannot reach that part with its own configuration: compare it with the checks above")
-    raise Stop(FAILED, f"{url} answered {response.status_code} ({body_hint(response.content)!r}), not the shim's "
-                       "health", "give the shim's public URL with its prefix (e.g. https://host/pydio) to --shim-url, "
-                                 "or check what the web server forwards there")
+        raise Stop(
+            FAILED,
+            f"{url} answered 503: {failing}",
+            "the shim cannot reach that part with its own configuration: compare it with the checks above",
+        )
+    raise Stop(
+        FAILED,
+        f"{url} answered {response.status_code} ({body_hint(response.content)!r}), not the shim's health",
+        "give the shim's public URL with its prefix (e.g. https://host/pydio) to --shim-url, "
+        "or check what the web server forwards there",
+    )
 
 
 @check("end_to_end", "end to end through the shim")
 def end_to_end(ctx: Context):
     if not ctx.login:
         raise Stop(SKIPPED, "no test account: give --user LOGIN to create and delete a test file through the shim")
-    for needed, what in (("shim", "the shim"), ("authorization", "the test account's access"),
-                         ("database", "the database"), ("trigger_firing", "the triggers")):
+    for needed, what in (
+        ("shim", "the shim"),
+        ("authorization", "the test account's access"),
+        ("database", "the database"),
+        ("trigger_firing", "the triggers"),
+    ):
         if not ctx.passed(needed):
             raise Stop(SKIPPED, f"{what} did not pass (see above)")
     if not ctx.target_usable:
         raise Stop(SKIPPED, f"the test account cannot read the feed of workspace {ctx.target_key!r} (see above)")
     ws_key = ctx.target_key or "pydio"
     base = f"{ctx.shim_url}/api/{quote(ws_key, safe='')}"
-    auth = (ctx.login, ctx.password)
+    auth = ctx.credentials
     name = f"pydio-shim-doctor-{secrets.token_hex(4)}.txt"
-    with ctx.engine.connect() as conn:
+    with ctx.db.connect() as conn:
         before = db.max_seq(conn)
     created = ctx.http.post(f"{base}/mkfile/{quote(name)}", auth=auth, timeout=ctx.timeout * 3)
     if created.status_code != 200 or b'type="ERROR"' in created.content:
-        raise Stop(FAILED, f"creating /{name} through {base}/mkfile answered {created.status_code} "
-                           f"({body_hint(created.content)!r})",
-                   "the shim could not forward a file operation: see its log (one line per request) and the web "
-                   "server's")
+        raise Stop(
+            FAILED,
+            f"creating /{name} through {base}/mkfile answered {created.status_code} ({body_hint(created.content)!r})",
+            "the shim could not forward a file operation: see its log (one line per request) and the web server's",
+        )
     recycle_bin = getattr(ctx.target, "recycle_bin", "")
     problems, seqs = [], []
     try:
-        row, waited = _wait_for_change(ctx, base, before, lambda r: r.get("type") == "create"
-                                       and r.get("target") == f"/{name}")
+        row, waited = _wait_for_change(
+            ctx, base, before, lambda r: r.get("type") == "create" and r.get("target") == f"/{name}"
+        )
         if row is None:
             problems.append(f"its creation did not appear in the feed at {base}/changes/{before} within {waited:.0f} s")
         else:
@@ -76,28 +90,36 @@ def end_to_end(ctx: Context):
         deleted = ctx.http.post(f"{base}/delete", data={"file": f"/{name}"}, auth=auth, timeout=ctx.timeout * 3)
         emptied = None
         if deleted.status_code == 200 and recycle_bin:
-            emptied = ctx.http.post(f"{base}/delete", data={"file": f"/{recycle_bin}/{name}"}, auth=auth,
-                                    timeout=ctx.timeout * 3)
+            emptied = ctx.http.post(
+                f"{base}/delete", data={"file": f"/{recycle_bin}/{name}"}, auth=auth, timeout=ctx.timeout * 3
+            )
     if deleted.status_code != 200 or b'type="ERROR"' in deleted.content:
-        problems.append(f"deleting it answered {deleted.status_code} ({body_hint(deleted.content)!r}); remove "
-                        f"/{name} by hand")
+        problems.append(
+            f"deleting it answered {deleted.status_code} ({body_hint(deleted.content)!r}); remove /{name} by hand"
+        )
     elif seqs:
-        row, waited = _wait_for_change(ctx, base, seqs[0], lambda r: r.get("type") == "delete"
-                                       and r.get("source") in (f"/{name}",))
+        row, waited = _wait_for_change(
+            ctx, base, seqs[0], lambda r: r.get("type") == "delete" and r.get("source") in (f"/{name}",)
+        )
         if row is None:
             problems.append(f"its deletion did not appear in the feed within {waited:.0f} s")
         else:
             seqs.append(row["seq"])
     if emptied is not None and emptied.status_code != 200:
-        problems.append(f"emptying it from the recycle bin answered {emptied.status_code}; remove "
-                        f"/{recycle_bin}/{name} by hand")
+        problems.append(
+            f"emptying it from the recycle bin answered {emptied.status_code}; remove /{recycle_bin}/{name} by hand"
+        )
     if problems:
-        raise Stop(FAILED, f"created /{name} in workspace {ws_key!r} through {ctx.shim_url}, but " + "; ".join(problems),
-                   "compare the workspace checks above with what Pydio does (identifier, syncable), and read the "
-                   "shim's log")
+        raise Stop(
+            FAILED,
+            f"created /{name} in workspace {ws_key!r} through {ctx.shim_url}, but " + "; ".join(problems),
+            "compare the workspace checks above with what Pydio does (identifier, syncable), and read the shim's log",
+        )
     recycled = " (and from the recycle bin)" if emptied is not None else ""
-    return OK, (f"created /{name} in workspace {ws_key!r} through {ctx.shim_url}: the shim's feed showed its creation "
-                f"(seq {seqs[0]}) and, once deleted{recycled}, its deletion (seq {seqs[1]})")
+    return OK, (
+        f"created /{name} in workspace {ws_key!r} through {ctx.shim_url}: the shim's feed showed its creation "
+        f"(seq {seqs[0]}) and, once deleted{recycled}, its deletion (seq {seqs[1]})"
+    )
 
 
 def _wait_for_change(ctx: Context, base: str, since: int, wanted):
@@ -105,8 +127,12 @@ def _wait_for_change(ctx: Context, base: str, since: int, wanted):
     started = time.monotonic()
     deadline = started + ctx.timeout
     while True:
-        response = ctx.http.get(f"{base}/changes/{since}", params={"stream": "true"}, auth=(ctx.login, ctx.password),
-                                timeout=ctx.timeout * 3)
+        response = ctx.http.get(
+            f"{base}/changes/{since}",
+            params={"stream": "true"},
+            auth=ctx.credentials,
+            timeout=ctx.timeout * 3,
+        )
         if response.status_code == 200:
             for line in response.text.split("\n"):
                 if not line or line.startswith("LAST_SEQ"):

@@ -20,12 +20,18 @@ def _like_escape(text: str) -> str:
 @check("workspaces", "workspaces", needs={"database": "the database is not reachable (see above)"})
 def workspaces(ctx: Context):
     need_tables(ctx, *db.SYNCABLE_TABLES, "ajxp_repo", "ajxp_repo_options")
-    resolver = WorkspaceResolver(ctx.engine, ctx.config.workspaces, ttl=0)
+    resolver = WorkspaceResolver(ctx.db, ctx.config.workspaces, ttl=0)
     builtin = [from_builtin(w) for w in ctx.config.workspaces]
     found: list[tuple[str, Workspace | None, str]] = [("built-in", w, "") for w in builtin]
-    with ctx.engine.connect() as conn:
-        uuids = [r[0] for r in conn.execute(sa.select(db.repo.c.uuid).where(
-            sa.or_(db.repo.c.isTemplate.is_(None), db.repo.c.isTemplate == sa.false())).order_by(db.repo.c.uuid))]
+    with ctx.db.connect() as conn:
+        uuids = [
+            r[0]
+            for r in conn.execute(
+                sa.select(db.repo.c.uuid)
+                .where(sa.or_(db.repo.c.isTemplate.is_(None), db.repo.c.isTemplate == sa.false()))
+                .order_by(db.repo.c.uuid)
+            )
+        ]
     for uuid in uuids:
         if any(w.id == uuid for w in builtin):
             continue
@@ -35,16 +41,24 @@ def workspaces(ctx: Context):
             found.append(("ajxp_repo", None, uuid))
     if ctx.workspace_arg:
         key = ctx.workspace_arg
-        chosen = [f for f in found if f[1] is not None and f[1].id == key] \
-            or [f for f in found if f[1] is not None and f[1].slug == key] \
+        chosen = (
+            [f for f in found if f[1] is not None and f[1].id == key]
+            or [f for f in found if f[1] is not None and f[1].slug == key]
             or [f for f in found if f[1] is None and f[2] == key]
+        )
         if not chosen:
-            raise Stop(FAILED, f"no workspace {key!r}: neither a built-in one of the configuration nor a row of "
-                               "ajxp_repo", "give an existing workspace id or slug to --workspace")
+            raise Stop(
+                FAILED,
+                f"no workspace {key!r}: neither a built-in one of the configuration nor a row of ajxp_repo",
+                "give an existing workspace id or slug to --workspace",
+            )
         found = chosen[:1]
     if not found:
-        raise Stop(WARNING, "none: no built-in workspace in the configuration and no row in ajxp_repo",
-                   "list Pydio's built-in workspaces in [[builtin_workspaces]] (conf/shim.example.toml)")
+        raise Stop(
+            WARNING,
+            "none: no built-in workspace in the configuration and no row in ajxp_repo",
+            "list Pydio's built-in workspaces in [[builtin_workspaces]] (conf/shim.example.toml)",
+        )
     counts, last_seqs = _index_stats(ctx, [f[1] for f in found if f[1] is not None])
     findings = []
     from_db = 0
@@ -58,9 +72,15 @@ def workspaces(ctx: Context):
                 continue
         findings.append(_finding(ctx, origin, ws, raw_id, counts, last_seqs))
     if hidden["total"]:
-        findings.append(Finding("workspaces", "more workspaces", OK,
-                                f"{hidden['total']} more in ajxp_repo, {hidden['syncable']} of them syncable "
-                                "(check one with --workspace)"))
+        findings.append(
+            Finding(
+                "workspaces",
+                "more workspaces",
+                OK,
+                f"{hidden['total']} more in ajxp_repo, {hidden['syncable']} of them syncable "
+                "(check one with --workspace)",
+            )
+        )
     return findings
 
 
@@ -77,7 +97,7 @@ def _index_stats(ctx: Context, chosen):
 
         count_query = count_query.where(mine(i.c.repository_identifier))
         seq_query = seq_query.where(mine(c.c.repository_identifier))
-    with ctx.engine.connect() as conn:
+    with ctx.db.connect() as conn:
         counts = {k: int(n) for k, n in conn.execute(count_query)}
         last_seqs = {k: int(n) for k, n in conn.execute(seq_query)}
     return counts, last_seqs
@@ -86,9 +106,13 @@ def _index_stats(ctx: Context, chosen):
 def _finding(ctx: Context, origin, ws, raw_id, counts, last_seqs) -> Finding:
     chosen = bool(ctx.workspace_arg)
     if ws is None:
-        return Finding(f"workspace:{raw_id}", f"workspace {raw_id}", FAILED if chosen else WARNING,
-                       "its options in ajxp_repo_options cannot be read: the shim forwards its feed requests",
-                       "open and save the workspace in Pydio's settings to rewrite its options")
+        return Finding(
+            f"workspace:{raw_id}",
+            f"workspace {raw_id}",
+            FAILED if chosen else WARNING,
+            "its options in ajxp_repo_options cannot be read: the shim forwards its feed requests",
+            "open and save the workspace in Pydio's settings to rewrite its options",
+        )
     check_id, title = f"workspace:{ws.id}", f"workspace {ws.slug} ({ws.id}, {origin})"
     scope = {"USER": "user-scoped", "GROUP": "group-scoped", "": "shared"}[ws.scope]
 
@@ -99,16 +123,29 @@ def _finding(ctx: Context, origin, ws, raw_id, counts, last_seqs) -> Finding:
     nodes = sum(counts.get(k, 0) for k in identifiers)
     last = max((last_seqs[k] for k in identifiers if k in last_seqs), default=None)
     if not ws.syncable:
-        fix = ("if conf/bootstrap_repositories.php enables meta.syncable for it, set syncable = true in its "
-               "[[builtin_workspaces]] entry" if origin == "built-in"
-               else "enable the Synchronization feature (meta.syncable) in the workspace's settings in Pydio")
-        return Finding(check_id, title, FAILED if chosen else WARNING,
-                       f"not syncable ({scope}): the desktop client cannot sync it; the shim forwards its feed "
-                       "requests to PHP", fix)
+        fix = (
+            "if conf/bootstrap_repositories.php enables meta.syncable for it, set syncable = true in its "
+            "[[builtin_workspaces]] entry"
+            if origin == "built-in"
+            else "enable the Synchronization feature (meta.syncable) in the workspace's settings in Pydio"
+        )
+        return Finding(
+            check_id,
+            title,
+            FAILED if chosen else WARNING,
+            f"not syncable ({scope}): the desktop client cannot sync it; the shim forwards its feed requests to PHP",
+            fix,
+        )
     where = f" under {len(identifiers)} identifiers" if ws.scope and identifiers else ""
-    seen = (f"syncable, {scope}, {nodes} node(s) indexed{where}, "
-            + (f"last change seq {last}" if last is not None else "no change recorded yet"))
+    seen = f"syncable, {scope}, {nodes} node(s) indexed{where}, " + (
+        f"last change seq {last}" if last is not None else "no change recorded yet"
+    )
     if nodes == 0 and last is None:
-        return Finding(check_id, title, WARNING if chosen else OK, seen + " (fine for an unused workspace)",
-                       "files put on disk behind Pydio's back appear only after an indexation in Pydio")
+        return Finding(
+            check_id,
+            title,
+            WARNING if chosen else OK,
+            seen + " (fine for an unused workspace)",
+            "files put on disk behind Pydio's back appear only after an indexation in Pydio",
+        )
     return Finding(check_id, title, OK, seen)
