@@ -155,6 +155,12 @@ class ShimApp:
         except sa.exc.SQLAlchemyError:
             return False
 
+    def close(self) -> None:
+        """Release the database pools and the upstream connections kept for reuse."""
+        self.upstream.close()
+        self.engine.dispose()
+        self.feed_engine.dispose()
+
     def finished(self, request, seconds: float) -> None:
         """Called once per request when its answer is closed: the feed's metrics."""
         stream = getattr(request, "feed", None)

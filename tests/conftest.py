@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+from helpers import serve_app
 
 from shim import db, schema
 from shim.demo.stack import ServerThread
@@ -209,6 +210,24 @@ def sqlite_standin(tmp_path_factory):
     yield app
     server.stop()
     app.engine.dispose()
+
+
+@pytest.fixture
+def start_shim():
+    """Serve shims in threads for one test: ``start_shim(environ)`` or ``start_shim(config=...)``.
+
+    Each returns a :class:`helpers.RunningShim`; all are stopped after the test.
+    """
+    running = []
+
+    def start(environ=None, config=None, **create_args):
+        shim = serve_app(environ, config, **create_args)
+        running.append(shim)
+        return shim
+
+    yield start
+    for shim in running:
+        shim.stop()
 
 
 @pytest.fixture

@@ -20,13 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from helpers import free_port
 
 INDEX_PHP = r"""<?php
 $mode = $_GET['mode'] ?? 'info';

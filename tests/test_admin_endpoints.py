@@ -12,8 +12,6 @@ from conftest import USERS
 from prometheus_client.parser import text_string_to_metric_families
 
 from shim import config as config_module
-from shim import wsgi
-from shim.demo.stack import ServerThread
 
 ALICE = ("alice", USERS["alice"][0])
 
@@ -25,22 +23,14 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def serve():
+def serve(start_shim):
     """Serve a shim built from settings on a loopback port; returns its base URL."""
-    started = []
 
     def start(upstream_url, database_url, **settings):
         config = config_module.Config(upstream_url=upstream_url, database_url=database_url, **settings)
-        app = wsgi.create_app(config)
-        server = ServerThread(app).start()
-        started.append((server, app))
-        return server.url + (config.public_prefix or "")
+        return start_shim(config=config).url + (config.public_prefix or "")
 
-    yield start
-    for server, app in started:
-        server.stop()
-        app.engine.dispose()
-        app.feed_engine.dispose()
+    return start
 
 
 def health(url):

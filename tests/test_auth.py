@@ -11,7 +11,6 @@ ever see a change row.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import http.client
 import json
@@ -26,9 +25,9 @@ import pytest
 import requests
 import sqlalchemy as sa
 from conftest import USERS
+from helpers import client_sign, shim_environ
 
-from shim import auth, authz, config, db, schema, wsgi
-from shim.demo.stack import ServerThread
+from shim import auth, authz, db, schema
 from shim.demo.standin import NOT_AUTHORIZED, REALM_HEADER
 
 FEED = "/api/{ws}/changes/{seq}"
@@ -42,31 +41,23 @@ SHARED = {login: f"/shared-by-{login}.txt" for login in USERS}
 
 
 @pytest.fixture
-def make_shim(standin, db_url):
-    """Build and serve shims in front of the stand-in: ``make_shim(ttl=..., deny_ttl=..., cache_size=...)``."""
-    started = []
+def make_shim(standin, db_url, start_shim):
+    """Build and serve shims in front of the stand-in: ``make_shim(ttl=..., deny_ttl=..., cache_size=...)``.
+
+    Returns the application, with the URL it is served at as ``.url``.
+    """
 
     def make(ttl: float = 30, deny_ttl: float | None = None, cache_size: int | None = None):
-        environ = {
-            "PYDIO_SHIM_UPSTREAM_URL": standin.url,
-            "PYDIO_SHIM_DATABASE_URL": db_url,
-            "PYDIO_SHIM_AUTH_CACHE_TTL": str(ttl),
-        }
+        settings = {"auth_cache_ttl": ttl}
         if deny_ttl is not None:
-            environ["PYDIO_SHIM_AUTH_DENY_CACHE_TTL"] = str(deny_ttl)
+            settings["auth_deny_cache_ttl"] = deny_ttl
         if cache_size is not None:
-            environ["PYDIO_SHIM_AUTH_CACHE_SIZE"] = str(cache_size)
-        app = wsgi.create_app(config.load(environ=environ))
-        server = ServerThread(app)
-        server.start()
-        app.url = server.url
-        started.append((server, app))
-        return app
+            settings["auth_cache_size"] = cache_size
+        running = start_shim(shim_environ(standin.url, db_url, **settings))
+        running.app.url = running.url
+        return running.app
 
-    yield make
-    for server, app in started:
-        server.stop()
-        app.engine.dispose()
+    return make
 
 
 def credentials(login: str) -> tuple[str, str]:
@@ -121,13 +112,6 @@ def assert_legacy_answer(shim, standin, method, path, params=None, auth_pair=Non
     from_legacy = send(standin.url, method, path, params, auth_pair, headers)
     assert answer(from_shim) == answer(from_legacy), f"{method} {path}: the shim differs from the legacy server"
     return from_shim
-
-
-def client_sign(wire_path: str, token: str, private: str) -> str:
-    """``auth_hash`` as the desktop client computes it, over the URL path it sends."""
-    nonce = secrets.token_hex(16)
-    message = f"{wire_path.rstrip('/')}:{nonce}:{private}".encode()
-    return f"{nonce}:{hmac.new(token.encode(), message, hashlib.sha256).hexdigest()}"
 
 
 def signed(wire_path: str, pair: dict, **extra) -> dict:
@@ -750,7 +734,7 @@ def test_no_credentials_never_touch_the_workspace_tables(standin, make_shim):
     assert response.status_code == 401 and lookups == []
 
 
-def test_a_lagging_replica_never_sends_the_client_back_to_zero(standin, db_url, tmp_path, make_shim):
+def test_a_lagging_replica_never_sends_the_client_back_to_zero(standin, db_url, tmp_path, start_shim):
     """A seq above the replica's MAX but not the primary's: the legacy server answers, not a reset."""
     seed(standin)
     replica = f"sqlite:///{tmp_path}/replica.db"
@@ -759,26 +743,15 @@ def test_a_lagging_replica_never_sends_the_client_back_to_zero(standin, db_url, 
         db.create_conf_tables(conn)
         schema.install_syncable_schema(conn)
     engine.dispose()
-    environ = {
-        "PYDIO_SHIM_UPSTREAM_URL": standin.url,
-        "PYDIO_SHIM_DATABASE_URL": db_url,
-        "PYDIO_SHIM_DATABASE_FEED_URL": replica,
-    }
-    app = wsgi.create_app(config.load(environ=environ))
-    server = ServerThread(app).start()
-    try:
-        requests.post(standin.url + "/api/0/mkfile/late.txt", auth=credentials("alice"))
-        with standin.engine.connect() as conn:
-            primary_max = conn.execute(sa.select(sa.func.max(db.changes.c.seq))).scalar()
-        path = f"/api/0/changes/{primary_max - 1}"
-        from_shim = requests.get(server.url + path, params=STREAM, auth=credentials("alice"))
-        from_legacy = requests.get(standin.url + path, params=STREAM, auth=credentials("alice"))
-        assert from_shim.content == from_legacy.content
-        assert from_shim.content != b"LAST_SEQ:1" and b"late.txt" in from_shim.content
-    finally:
-        server.stop()
-        app.engine.dispose()
-        app.feed_engine.dispose()
+    server = start_shim(shim_environ(standin.url, db_url, database_feed_url=replica))
+    requests.post(standin.url + "/api/0/mkfile/late.txt", auth=credentials("alice"))
+    with standin.engine.connect() as conn:
+        primary_max = conn.execute(sa.select(sa.func.max(db.changes.c.seq))).scalar()
+    path = f"/api/0/changes/{primary_max - 1}"
+    from_shim = requests.get(server.url + path, params=STREAM, auth=credentials("alice"))
+    from_legacy = requests.get(standin.url + path, params=STREAM, auth=credentials("alice"))
+    assert from_shim.content == from_legacy.content
+    assert from_shim.content != b"LAST_SEQ:1" and b"late.txt" in from_shim.content
 
 
 def test_a_slug_moved_to_another_workspace_never_serves_the_old_one(standin, make_shim):

@@ -12,56 +12,33 @@ answers must be identical.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import http.client
-import secrets
-import threading
 from urllib.parse import quote_from_bytes, urlsplit
 
 import pytest
 import requests
 from conftest import USERS
+from helpers import client_sign, shim_environ
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from shim import config, wsgi
-from shim.demo.stack import ServerThread
 
 PATHS = ["/api/0/changes/0", "/api/1/changes/0/", "/api/my-files/changes/2", "/api/default/changes/0"]
 HEX = "0123456789abcdefABCDEF"
 EXAMPLES = 40
 
 
-def serve(app) -> ServerThread:
-    server = ServerThread(app)
-    server.thread = threading.Thread(target=server.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    return server.start()
-
-
 @pytest.fixture
-def servers(standin, db_url):
+def servers(standin, db_url, start_shim):
     """``(shim_url, standin_url, token, private)`` with rows in workspaces 0 and 1 and a real token of alice's."""
     for login in ("alice", "bob"):
         auth = (login, USERS[login][0])
         assert requests.post(f"{standin.url}/api/my-files/mkfile/{login}.txt", auth=auth).ok
         assert requests.post(f"{standin.url}/api/0/mkfile/{login}-shared.txt", auth=auth).ok
-    app = wsgi.create_app(
-        config.load(
-            environ={
-                "PYDIO_SHIM_UPSTREAM_URL": standin.url,
-                "PYDIO_SHIM_DATABASE_URL": db_url,
-                "PYDIO_SHIM_AUTH_CACHE_TTL": "30",
-            }
-        )
-    )
-    server = serve(app)
+    server = start_shim(shim_environ(standin.url, db_url, auth_cache_ttl=30))
     pair = requests.get(
         f"{standin.url}/api/pydio/keystore_generate_auth_token/fuzz", auth=("alice", USERS["alice"][0])
     ).json()
-    yield server.url, standin.url, pair["t"], pair["p"]
-    server.stop()
-    app.engine.dispose()
+    return server.url, standin.url, pair["t"], pair["p"]
 
 
 def raw_request(base: str, method: str, path: str, pairs: list[tuple[bytes, bytes]], authorization: bytes | None):
@@ -98,11 +75,6 @@ def assert_clean(shim_url, standin_url, method, path, pairs, authorization):
     assert status < 500, (status, body[:200])
     assert b'"seq"' not in body and b'"node_id"' not in body, "a change row reached a caller without valid credentials"
     assert from_shim == raw_request(standin_url, method, path, pairs, authorization), "not the legacy answer"
-
-
-def signature(path: str, token: str, private: str) -> str:
-    nonce = secrets.token_hex(8)
-    return f"{nonce}:{hmac.new(token.encode(), f'{path}:{nonce}:{private}'.encode(), hashlib.sha256).hexdigest()}"
 
 
 # --- what hypothesis throws ----------------------------------------------------------------
@@ -219,7 +191,7 @@ def test_malformed_token_parameters_get_a_clean_answer_and_no_row(servers):
         method=st.sampled_from(["GET", "POST"]),
         path=st.sampled_from(PATHS),
         token_value=st.one_of(st.just(token.encode()), credential_value(token.encode())),
-        hash_value=credential_value(signature("/api/0/changes/0", token, private).encode()),
+        hash_value=credential_value(client_sign("/api/0/changes/0", token, private).encode()),
         which=st.sampled_from(["both", "token", "hash"]),
     )
     def check(method, path, token_value, hash_value, which):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 from gunicorn_helpers import GunicornServer
+from helpers import free_port
 
 from shim.demo.stack import ServerThread
 from shim.demo.standin import LegacyStandin
@@ -218,7 +219,7 @@ def nginx_in_front(tmp_path, nginx_binary):
     (www / "pydio" / "conf").mkdir()
     (www / "pydio" / "conf" / "bootstrap.css").write_text("secret")
     (www / "pydio" / ".htaccess").write_text("secret")
-    port = _free_port()
+    port = free_port()
     text = (ROOT / "conf" / "nginx.example.conf").read_text()
     text = _substitute(text, "listen 80;", f"listen 127.0.0.1:{port};")
     text = _substitute(text, "server 127.0.0.1:8080;", f"server 127.0.0.1:{shim.port};")
@@ -245,14 +246,6 @@ def nginx_in_front(tmp_path, nginx_binary):
         shim.stop()
         legacy_server.stop()
         legacy.engine.dispose()
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,6 @@ token-signed requests, the change feed and a download must all work.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 import signal
 import subprocess
 import time
@@ -17,6 +14,7 @@ import time
 import pytest
 import requests
 from gunicorn_helpers import GunicornServer
+from helpers import client_sign, free_port
 
 from shim.demo.stack import ServerThread
 from shim.demo.standin import LegacyStandin
@@ -54,14 +52,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url, proc=None, timeout=20):
@@ -135,12 +125,6 @@ def stack(request, nginx_binary, tmp_path):
         standin.engine.dispose()
 
 
-def sign(path, token, private):
-    nonce = secrets.token_hex(20)
-    digest = hmac.new(token.encode(), f"{path.rstrip('/')}:{nonce}:{private}".encode(), hashlib.sha256).hexdigest()
-    return f"{nonce}:{digest}"
-
-
 def test_login_redirect_and_cookie_path(stack):
     session = requests.Session()
     response = session.post(
@@ -176,20 +160,24 @@ def test_token_signed_requests(stack):
     public_path = stack["public"] + "/api/default/ls/docs"
     response = requests.get(
         stack["origin"] + public_path,
-        params={"auth_token": tokens["t"], "auth_hash": sign(public_path, tokens["t"], tokens["p"])},
+        params={"auth_token": tokens["t"], "auth_hash": client_sign(public_path, tokens["t"], tokens["p"])},
     )
     assert response.status_code == 200 and "<tree" in response.text
     feed_path = stack["public"] + "/api/default/changes/0"
     feed = requests.get(
         stack["origin"] + feed_path,
-        params={"stream": "true", "auth_token": tokens["t"], "auth_hash": sign(feed_path, tokens["t"], tokens["p"])},
+        params={
+            "stream": "true",
+            "auth_token": tokens["t"],
+            "auth_hash": client_sign(feed_path, tokens["t"], tokens["p"]),
+        },
     )
     assert feed.status_code == 200 and feed.text.endswith("LAST_SEQ:1")
     # POST with the token in form fields (how the client uploads).
     post_path = stack["public"] + "/api/default/mkfile/docs/a.txt"
     created = requests.post(
         stack["origin"] + post_path,
-        data={"auth_token": tokens["t"], "auth_hash": sign(post_path, tokens["t"], tokens["p"])},
+        data={"auth_token": tokens["t"], "auth_hash": client_sign(post_path, tokens["t"], tokens["p"])},
     )
     assert created.status_code == 200 and "SUCCESS" in created.text
     if stack["public"] != stack["upstream"]:
@@ -197,6 +185,6 @@ def test_token_signed_requests(stack):
         # the shim really re-signed it for the upstream path.
         direct = requests.get(
             stack["legacy"].url + stack["upstream"] + "/api/default/ls/docs",
-            params={"auth_token": tokens["t"], "auth_hash": sign(public_path, tokens["t"], tokens["p"])},
+            params={"auth_token": tokens["t"], "auth_hash": client_sign(public_path, tokens["t"], tokens["p"])},
         )
         assert direct.status_code == 401

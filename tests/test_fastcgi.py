@@ -22,6 +22,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from shim.fastcgi import (
     FastCGIClient,
@@ -659,12 +660,6 @@ def test_answer_without_reading_the_body(fake_server):
 
 
 # -- connection errors and timeouts ----------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_connection_refused_tcp():

@@ -27,10 +27,7 @@ from urllib.parse import quote
 import pytest
 import requests
 from conftest import USERS
-
-from shim import config as shim_config
-from shim.demo.stack import ServerThread
-from shim.wsgi import create_app
+from helpers import shim_environ
 
 # unicode_escape warns about PHP's "\/": it keeps the backslash, and json.loads reads "\/" as "/".
 pytestmark = pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning")
@@ -40,14 +37,8 @@ NAMES = ["/café.txt", "/日本", "/日本/😀 smile.txt", "/ü-umlaut", "/ü-u
 
 
 @pytest.fixture
-def shim(standin, db_url):
-    app = create_app(
-        shim_config.load(environ={"PYDIO_SHIM_UPSTREAM_URL": standin.url, "PYDIO_SHIM_DATABASE_URL": db_url})
-    )
-    server = ServerThread(app).start()
-    yield server.url
-    server.stop()
-    app.engine.dispose()
+def shim(standin, db_url, start_shim):
+    return start_shim(shim_environ(standin.url, db_url)).url
 
 
 def make_files(standin):

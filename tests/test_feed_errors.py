@@ -18,11 +18,9 @@ import pytest
 import requests
 import sqlalchemy as sa
 from conftest import USERS
+from helpers import serve_app, shim_environ
 
-from shim import config as shim_config
 from shim import db, feed
-from shim.demo.stack import ServerThread
-from shim.wsgi import create_app
 
 ALICE = ("alice", USERS["alice"][0])
 UNAVAILABLE = b"pydio-shim: the database is unavailable\n"
@@ -43,19 +41,15 @@ def closed_database_url(engine_name: str, tmp_path) -> str:
 
 
 def serve_shim(standin, database_url: str, database_feed_url: str = ""):
-    environ = {"PYDIO_SHIM_UPSTREAM_URL": standin.url, "PYDIO_SHIM_DATABASE_URL": database_url}
-    if database_feed_url:
-        environ["PYDIO_SHIM_DATABASE_FEED_URL"] = database_feed_url
-    app = create_app(shim_config.load(environ=environ))
-    return app, ServerThread(app).start()
+    extra = {"database_feed_url": database_feed_url} if database_feed_url else {}
+    return serve_app(shim_environ(standin.url, database_url, **extra))
 
 
 @pytest.fixture
 def shim(standin, db_url):
-    app, server = serve_shim(standin, db_url)
-    yield app, server.url
+    server = serve_shim(standin, db_url)
+    yield server.app, server.url
     server.stop()
-    app.engine.dispose()
 
 
 def fill_changes(engine, count: int, identifier: str = "1-alice", path: str = LONG):
@@ -86,24 +80,21 @@ def assert_unavailable(response):
 
 
 def test_database_unreachable_gives_503(standin, engine_name, tmp_path):
-    app, server = serve_shim(standin, closed_database_url(engine_name, tmp_path))
+    server = serve_shim(standin, closed_database_url(engine_name, tmp_path))
     try:
         assert_unavailable(requests.get(server.url + "/api/1/changes/0/?stream=true", auth=ALICE, timeout=30))
     finally:
         server.stop()
-        app.engine.dispose()
 
 
 def test_feed_database_unreachable_gives_503(standin, db_url, engine_name, tmp_path):
     """Conf tables readable, the feed's own database (``database.feed_url``) down."""
-    app, server = serve_shim(standin, db_url, closed_database_url(engine_name, tmp_path))
+    server = serve_shim(standin, db_url, closed_database_url(engine_name, tmp_path))
     try:
         response = requests.get(server.url + "/api/1/changes/0/?stream=true&flatten=true", auth=ALICE, timeout=30)
         assert_unavailable(response)
     finally:
         server.stop()
-        app.engine.dispose()
-        app.feed_engine.dispose()
 
 
 def test_changes_table_dropped_gives_503(standin, shim):

@@ -26,12 +26,11 @@ import pytest
 import requests
 import sqlalchemy as sa
 from conftest import ENGINES, USERS, _create_database
+from helpers import serve_app, shim_environ
 
-from shim import config as shim_config
 from shim import db
 from shim.demo.stack import ServerThread
 from shim.demo.standin import LegacyStandin
-from shim.wsgi import create_app
 
 M = 1_500_000_000  # mtime base
 ALICE = ("alice", USERS["alice"][0])
@@ -458,14 +457,10 @@ def golden(engine_name, tmp_path_factory):
     apply_operations(standin.engine)
     upstream = ServerThread(standin).start()
     standin.url = upstream.url
-    app = create_app(
-        shim_config.load(environ={"PYDIO_SHIM_UPSTREAM_URL": upstream.url, "PYDIO_SHIM_DATABASE_URL": url})
-    )
-    shim = ServerThread(app).start()
-    yield Golden(engine_name, url, standin, shim.url, app)
+    shim = serve_app(shim_environ(upstream.url, url))
+    yield Golden(engine_name, url, standin, shim.url, shim.app)
     shim.stop()
     upstream.stop()
-    app.engine.dispose()
     standin.engine.dispose()
     drop()
 

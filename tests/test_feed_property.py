@@ -46,14 +46,13 @@ import pytest
 import requests
 import sqlalchemy as sa
 from conftest import ENGINES, USERS, _create_database
+from helpers import serve_app, shim_environ
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from shim import config as shim_config
 from shim import db
 from shim.demo.stack import ServerThread
 from shim.demo.standin import LegacyStandin
-from shim.wsgi import create_app
 
 BIN = "/recycle_bin"
 NAMES = ["a", "b.txt", "é", "日本.md", "😀", "50%_x", "recycle_binX"]
@@ -273,10 +272,7 @@ def world(engine_name, tmp_path_factory):
     standin.set_right("carol", "5", "rw")
     upstream = ServerThread(standin).start()
     standin.url = upstream.url
-    app = create_app(
-        shim_config.load(environ={"PYDIO_SHIM_UPSTREAM_URL": upstream.url, "PYDIO_SHIM_DATABASE_URL": url})
-    )
-    shim = ServerThread(app).start()
+    shim = serve_app(shim_environ(upstream.url, url))
     writer = db.create_engine(url)
     if engine_name == "postgresql":
         # Thousands of one-row commits: no need to wait for the disk in a test database.
@@ -285,7 +281,6 @@ def world(engine_name, tmp_path_factory):
     shim.stop()
     upstream.stop()
     writer.dispose()
-    app.engine.dispose()
     standin.engine.dispose()
     drop()
 

@@ -1,12 +1,10 @@
 """The legacy stand-in authenticates and indexes like Pydio 8."""
 
-import hashlib
-import hmac
 import json
-import secrets
 
 import requests
 import sqlalchemy as sa
+from helpers import client_sign
 
 from shim.demo.standin import php_signed_uri
 
@@ -14,12 +12,6 @@ from shim.demo.standin import php_signed_uri
 def change_types(standin):
     with standin.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text("SELECT type, source, target FROM ajxp_changes ORDER BY seq"))]
-
-
-def sign(url_path, token, private):
-    nonce = secrets.token_hex(8)
-    digest = hmac.new(token.encode(), f"{url_path.rstrip('/')}:{nonce}:{private}".encode(), hashlib.sha256).hexdigest()
-    return f"{nonce}:{digest}"
 
 
 def test_mkfile_rename_delete_fill_the_changes_table(standin):
@@ -72,14 +64,14 @@ def test_token_signed_over_the_right_path_only(standin):
     wire_path = "/api/0/ls/sub%20dir%20%C3%A9"
     good = requests.get(
         standin.url + wire_path,
-        params={"auth_token": tokens["t"], "auth_hash": sign(wire_path, tokens["t"], tokens["p"])},
+        params={"auth_token": tokens["t"], "auth_hash": client_sign(wire_path, tokens["t"], tokens["p"])},
     )
     # The folder does not exist: the stand-in answers 404 after authenticating.
     assert good.status_code in (200, 404)
     assert good.status_code != 401
     other = requests.get(
         standin.url + wire_path,
-        params={"auth_token": tokens["t"], "auth_hash": sign("/api/0/ls/other", tokens["t"], tokens["p"])},
+        params={"auth_token": tokens["t"], "auth_hash": client_sign("/api/0/ls/other", tokens["t"], tokens["p"])},
     )
     assert other.status_code == 401
     assert php_signed_uri(wire_path) == "/api/0/ls/sub%20dir%20%C3%A9"

@@ -4,6 +4,7 @@ import hashlib
 import hmac
 
 import pytest
+from helpers import client_sign
 
 from shim import resign, translate
 from shim.phpcompat import signed_uri
@@ -89,8 +90,7 @@ class FakeKeyStore:
 
 
 def client_hash(token, private, path, nonce="0123456789abcdef0123"):
-    digest = hmac.new(token.encode(), f"{path.rstrip('/')}:{nonce}:{private}".encode(), hashlib.sha256).hexdigest()
-    return f"{nonce}:{digest}"
+    return client_sign(path, token, private, nonce)
 
 
 def verifies(token, private, path, auth_hash):

@@ -1,0 +1,52 @@
+"""Small pieces several test modules need: ports, client-side signing, shims served in a thread."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from shim import config as config_module
+from shim import wsgi
+from shim.demo.stack import ServerThread, free_port
+
+__all__ = ["RunningShim", "client_sign", "free_port", "serve_app", "shim_environ"]
+
+
+def client_sign(wire_path: str, token: str, private: str, nonce: str | None = None) -> str:
+    """``auth_hash`` as the desktop client computes it: HMAC-SHA256 over the URL path it sends.
+
+    The client signs ``urlparse(url).path.rstrip('/')`` as it is on the wire
+    (percent-encoded), ``:nonce:private``, keyed by the token.
+    """
+    nonce = nonce or secrets.token_hex(16)
+    message = f"{wire_path.rstrip('/')}:{nonce}:{private}".encode()
+    return f"{nonce}:{hmac.new(token.encode(), message, hashlib.sha256).hexdigest()}"
+
+
+def shim_environ(upstream_url: str, database_url: str, **settings: str) -> dict[str, str]:
+    """``PYDIO_SHIM_*`` variables for a shim; *settings* as ``auth_cache_ttl="5"`` (section_key)."""
+    environ = {"PYDIO_SHIM_UPSTREAM_URL": upstream_url, "PYDIO_SHIM_DATABASE_URL": database_url}
+    environ.update({f"PYDIO_SHIM_{name.upper()}": str(value) for name, value in settings.items()})
+    return environ
+
+
+class RunningShim:
+    """A shim application served by Werkzeug's server in a thread of the test process."""
+
+    def __init__(self, app: wsgi.ShimApp):
+        self.app = app
+        self.server = ServerThread(app).start()
+        self.url = self.server.url
+        self.port = self.server.port
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.app.close()
+
+
+def serve_app(
+    environ: dict[str, str] | None = None, config: config_module.Config | None = None, **create_args
+) -> RunningShim:
+    """Build a shim from *environ* (``PYDIO_SHIM_*``) or *config* and serve it; the caller stops it."""
+    return RunningShim(wsgi.create_app(config or config_module.load(environ=environ or {}), **create_args))
