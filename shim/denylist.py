@@ -1,14 +1,17 @@
-"""Paths of a Pydio install that must never be served (the stock nginx deny list).
+r"""Paths of a Pydio install that must never be served (the stock nginx deny list).
 
-Pydio's sample nginx configuration refuses ``/conf``, ``/core``,
-``/data/(files|personal|logs|plugins|tmp|cache)``, dot-files and
-``plugins/editor.zoho/agent/files``.  The shim refuses them too, before anything
-reaches the legacy server, whatever the spelling: percent-encoded (also twice),
-backslashes, duplicate slashes, ``.``/``..`` segments, ``;`` parameters, case,
-Windows' trailing dots and ``::$DATA`` streams.
+Pydio 8.2.5's sample nginx configuration refuses, case-insensitively and from
+the install's root,
+``^/(?:\.|conf|core|data/(?:files|personal|logs|plugins|tmp|cache)|plugins/editor.zoho/agent/files)``.
+The shim refuses the same, before anything reaches the legacy server, whatever
+the spelling: percent-encoded (also twice), backslashes, duplicate slashes,
+``.``/``..`` segments, ``;`` parameters, case, Windows' trailing dots and
+``::$DATA`` streams.  It refuses nothing else: a dot-file below the root
+(``/api/my-files/mkfile/.gitignore``, a client creating one) goes to PHP,
+which serves it as the stock install does.
 
 Unlike nginx's ``^/conf`` prefix match, names are matched whole: ``/conference``
-is not ``/conf``.  Dot-files are refused at any depth (``/a/.htaccess``).
+is not ``/conf``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from urllib.parse import unquote
 _DENIED = re.compile(
     r"^/(conf|core)(/|$)"
     r"|^/data/(files|personal|logs|plugins|tmp|cache)(/|$)"
-    r"|/plugins/editor\.zoho/agent/files(/|$)"
+    r"|^/plugins/editor\.zoho/agent/files(/|$)"
+    r"|^/\."
 )
 
 #: Layers of percent-encoding undone; a path still encoded after that many is refused.
@@ -78,8 +82,6 @@ def is_denied(app_path: str) -> bool:
     if "\x00" in canonical:
         return True
     segments = canonical.split("/")
-    if any(segment.startswith(".") for segment in segments):
-        return True
     lowered = canonical.lower()
     windows = "/".join(_windows_name(segment) for segment in segments).lower()
     return bool(_DENIED.search(lowered) or _DENIED.search(windows))

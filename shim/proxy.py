@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: Request bodies up to this size are spooled in memory, larger ones on disk.
 SPOOL_MEMORY = 1024 * 1024
+#: The largest body length anything on the way can represent (nginx's off_t, Python's sizes).
+MAX_CONTENT_LENGTH = 2**63 - 1
 
 
 class BodyReader:
@@ -68,6 +70,8 @@ def content_length(environ) -> int | None:
     if length not in (None, ""):
         if not (length.isascii() and length.isdigit()):
             raise RequestRefused("invalid Content-Length")
+        if int(length) > MAX_CONTENT_LENGTH:
+            raise RequestRefused("Content-Length too large")
         return int(length)
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         return None

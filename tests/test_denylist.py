@@ -49,8 +49,8 @@ FORBIDDEN = [
     "/data/tmp/x",
     "/.git/config",
     "/.env",
-    "/a/.htaccess",
-    "/a/b/.ht%61ccess",
+    "/.ht%61ccess",
+    "/%2Ewell-known/x",
     "/plugins/editor.zoho/agent/files/x",
     "/plugins/editor.zoho/agent/FILES",
     "/core/x",
@@ -74,6 +74,9 @@ ALLOWED = [
     "/api/0/download/a..b",
     "/a/b/../c",
     "/dashboard",
+    "/api/my-files/mkfile/.gitignore",  # a client creating a dot-file: PHP does it
+    "/a/.htaccess",  # below the root: the stock nginx forwards it too
+    "/x/plugins/editor.zoho/agent/files/y",
 ]
 
 
@@ -175,7 +178,7 @@ PROTECTED = [
     "/data/files/a",
     "/data/personal/u/f",
     "/.git/config",
-    "/a/.htaccess",
+    "/.htaccess",
     "/plugins/editor.zoho/agent/files/x",
     "/data/cache",
 ]
@@ -214,3 +217,13 @@ def test_ordinary_paths_are_not_denied(segments, encode):
         segments.insert(0, "api")
     path = "/" + "/".join(segments)
     assert not denylist.is_denied(quote(path) if encode else path)
+
+
+def test_a_client_creates_a_dot_file_through_the_shim(shim, standin):
+    """``POST /api/my-files/mkfile/.gitignore``: PHP answers it, not the deny list."""
+    import requests
+    from conftest import USERS
+
+    response = requests.post(f"{shim.url}/api/my-files/mkfile/.gitignore", auth=("alice", USERS["alice"][0]))
+    assert response.status_code == 200 and b'type="SUCCESS"' in response.content
+    assert ("POST", "/api/my-files/mkfile/.gitignore") in list(standin.log)

@@ -849,8 +849,17 @@ def test_a_bad_setting_stops_gunicorn_at_once_with_one_line():
 
 
 def test_request_body_rejects_a_bad_content_length():
-    for bad in ("-1", "1e3", "²", " 5"):
+    for bad in ("-1", "1e3", "²", " 5", str(2**63), "9" * 40):
         with pytest.raises(RequestRefused):
             proxy.request_body({"CONTENT_LENGTH": bad, "wsgi.input": io.BytesIO(b"")})
     assert proxy.request_body({"wsgi.input": io.BytesIO(b"")}) is None
     assert proxy.request_body({"CONTENT_LENGTH": "0", "wsgi.input": io.BytesIO(b"")}) == b""
+
+
+@pytest.mark.parametrize("length", [str(2**63), str(2**64 + 5), "9" * 30])
+def test_a_content_length_beyond_any_body_is_a_400(shim, standin, length):
+    standin.log.clear()
+    answer = raw_request(shim.port, "POST", "/_standin/echo/huge", [("Content-Length", length)])
+    assert (answer.status, answer.body) == (400, b"Content-Length too large\n")
+    assert list(standin.log) == []
+    assert "Traceback" not in shim.log()
