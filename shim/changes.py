@@ -14,7 +14,6 @@ import logging
 from urllib.parse import unquote
 
 import sqlalchemy as sa
-from werkzeug.wrappers import Response
 
 from . import auth, db, feed
 from . import headers as header_policy
@@ -142,7 +141,7 @@ class ChangesEndpoint:
             stream.close()
             return forward()
         request.feed = stream
-        return Response(stream, status=200, content_type=feed.CONTENT_TYPE, direct_passthrough=True)
+        return RawResponse(200, [("Content-Type", feed.CONTENT_TYPE)], stream)
 
     def db_unavailable(self, request, exc):
         self.app.metrics.feed_requests.labels(status="503").inc()

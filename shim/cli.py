@@ -35,11 +35,8 @@ def _load_config(args):
         raise SystemExit(EXIT_CONFIG) from None
 
 
-def default_gunicorn_config() -> str | None:
-    """``conf/gunicorn.conf.py`` of a source checkout, if there is one."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    candidate = os.path.join(here, "conf", "gunicorn.conf.py")
-    return candidate if os.path.exists(candidate) else None
+#: The gunicorn configuration shipped in the package (``shim/gunicorn_conf.py``).
+PACKAGED_GUNICORN_CONFIG = "python:shim.gunicorn_conf"
 
 
 def cmd_serve(args) -> int:
@@ -47,9 +44,7 @@ def cmd_serve(args) -> int:
     if args.config:
         os.environ["PYDIO_SHIM_CONFIG"] = os.path.abspath(args.config)
     argv = [sys.executable, "-m", "gunicorn"]
-    gconf = args.gunicorn_config or default_gunicorn_config()
-    if gconf:
-        argv += ["-c", gconf]
+    argv += ["-c", args.gunicorn_config or PACKAGED_GUNICORN_CONFIG]
     if args.bind:
         argv += ["--bind", args.bind]
     argv += ["--log-level", config.log_level.lower(), "shim.wsgi:application"]
@@ -75,7 +70,6 @@ def cmd_demo(args) -> int:
 
 
 DOCTOR_PASSWORD_ENV = "PYDIO_SHIM_DOCTOR_PASSWORD"
-DEFAULT_SHIM_URL = "http://127.0.0.1:8080"
 
 
 def cmd_doctor(args) -> int:
@@ -111,7 +105,7 @@ def cmd_doctor(args) -> int:
         login=args.user,
         password=password if args.user else None,
         workspace_arg=args.workspace,
-        shim_url=(shim_url or DEFAULT_SHIM_URL + (config.public_prefix or "")).rstrip("/"),
+        shim_url=(shim_url or config.shim_url).rstrip("/"),
         timeout=args.timeout,
     )
     findings = doctor.run(context, progress=progress.start if progress else None, report=report)
@@ -171,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the shim under gunicorn")
     serve.add_argument("--config", help="configuration file (TOML)")
     serve.add_argument("--bind", help="address to listen on, e.g. 127.0.0.1:8080 or unix:/run/shim.sock")
-    serve.add_argument("--gunicorn-config", help="gunicorn configuration file (default: conf/gunicorn.conf.py)")
+    serve.add_argument(
+        "--gunicorn-config", help="gunicorn configuration file (default: the one shipped in the package)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate the configuration and print a summary")
@@ -203,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--shim-url",
         metavar="URL",
-        help="the shim's public URL, prefix included (default: http://127.0.0.1:8080 + public.prefix)",
+        help="the shim's public URL, prefix included (default: from server.bind, + public.prefix)",
     )
     doctor.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for each answer (default 10)"

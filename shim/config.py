@@ -132,6 +132,15 @@ def _admin_path(name: str, value: str) -> str:
     return value
 
 
+def _bind(name: str, value: str) -> str:
+    if value.startswith(("unix:", "fd://")):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"setting {name}: expected host:port or unix:/path, got {value!r}")
+    return value
+
+
 def _log_level(name: str, value: str) -> str:
     if value.upper() not in LOG_LEVELS:
         raise ConfigError(f"setting {name}: one of {', '.join(LOG_LEVELS)}, got {value!r}")
@@ -237,6 +246,14 @@ class Config:
         "The Prometheus metrics endpoint under the public prefix. Empty turns it off.",
         check=_admin_path,
     )
+    server_bind: str = setting(
+        "127.0.0.1:8080", "Where pydio-shim serve listens: host:port or unix:/path (--bind wins).", check=_bind
+    )
+    server_workers: int = setting(0, "gunicorn worker processes; 0: one per core, at least 2.")
+    server_threads: int = setting(32, "Threads per worker process (each carries one request at a time).")
+    metrics_multiprocess_dir: str = setting(
+        "", "Where the workers of one server share their metrics. Empty: a new temporary directory per start."
+    )
     log_level: str = setting("INFO", "DEBUG, INFO (one access line per request), WARNING or ERROR.", check=_log_level)
     workspaces: tuple[BuiltinWorkspace, ...] = dataclasses.field(
         default=STOCK_WORKSPACES,
@@ -255,6 +272,14 @@ class Config:
     @property
     def feed_is_replica(self) -> bool:
         return bool(self.database_feed_url)
+
+    @property
+    def shim_url(self) -> str:
+        """The shim's own URL as seen from this machine (from ``server.bind``), public prefix included."""
+        host, _, port = self.server_bind.rpartition(":")
+        if self.server_bind.startswith(("unix:", "fd://")) or host in ("0.0.0.0", "::", "[::]", ""):
+            host = "127.0.0.1"
+        return f"http://{host}:{port or 8080}{self.public_prefix or ''}"
 
 
 #: The field holding the [[builtin_workspaces]] array: it is not a ``section.key`` setting.

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 from . import fastcgi
 from .translate import join_prefix, strip_prefix
-from .upstream import CHUNK, UpstreamError, UpstreamResponse, UpstreamTimeout
+from .upstream import CHUNK, UpstreamError, UpstreamResponse, UpstreamTimeout, check_framing
 
 #: What may be served from the document root without PHP: the web UI's assets.
 STATIC_EXTENSIONS = frozenset(
@@ -97,6 +97,11 @@ class FastCGIUpstream:
             raise UpstreamTimeout(f"php-fpm did not answer in time ({exc})") from exc
         except fastcgi.FastCGIError as exc:
             raise UpstreamError(f"cannot reach php-fpm: {exc}") from exc
+        try:
+            check_framing(list(response.headers))
+        except UpstreamError:
+            response.close()
+            raise
 
         def body_iter():
             try:

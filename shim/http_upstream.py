@@ -72,6 +72,51 @@ def _abort(sock):
             pass
 
 
+class _HeaderRecorder:
+    """The response's file, keeping the raw lines of the header block as http.client reads them.
+
+    http.client hands the header block to the email parser, which splits lines
+    on a bare CR too: ``X: a\\rSet-Cookie: b`` would come back as two clean
+    headers.  The raw lines let :func:`_raw_header_problem` see what was sent.
+    """
+
+    def __init__(self, fp):
+        self._fp = fp
+        self.lines: list[bytes] = []
+        self._recording = True
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._fp.readline(limit)
+        if self._recording:
+            self.lines.append(line)
+            if line in (b"\r\n", b"\n", b"") and len(self.lines) > 1:
+                self._recording = False
+        return line
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
+
+
+class _RecordingResponse(http.client.HTTPResponse):
+    def __init__(self, sock, *args, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        self.fp = _HeaderRecorder(self.fp)  # type: ignore[assignment]
+
+
+def _raw_header_problem(lines: list[bytes]) -> str | None:
+    """What is wrong with the raw header lines of an answer (after its status line), or None."""
+    for line in lines[1:]:
+        content = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
+        if b"\r" in content:
+            return "a bare CR in a header line"
+        if not content or content[:1] in (b" ", b"\t"):  # the end, or obsolete line folding
+            continue
+        name, colon, _ = content.partition(b":")
+        if not colon or not re.fullmatch(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            return f"an invalid header name {name[:40]!r}"
+    return None
+
+
 class HttpUpstream:
     """The legacy server over HTTP(S), with kept-alive connections reused."""
 
@@ -101,6 +146,7 @@ class HttpUpstream:
             )
         else:
             conn = http.client.HTTPConnection(self.hostname, self.port, timeout=self.connect_timeout)
+        conn.response_class = _RecordingResponse
         try:
             conn.connect()
         except TimeoutError as exc:
@@ -216,10 +262,10 @@ class HttpUpstream:
     def _response(self, conn, sock, method: str, response, sent_whole: bool) -> UpstreamResponse:
         headers = [(name, _OBS_FOLD.sub(" ", value)) for name, value in response.getheaders()]
         try:
-            if response.msg.defects or response.msg.get_payload():
-                # http.client stopped reading the header block early: a bare CR,
-                # a name with a space... Part of it would pass as something else.
-                raise UpstreamError("the legacy server sent a malformed header block")
+            problem = _raw_header_problem(response.fp.lines) if isinstance(response.fp, _HeaderRecorder) else None
+            if problem or response.msg.defects or response.msg.get_payload():
+                # Part of the header block would pass for something else downstream.
+                raise UpstreamError(f"the legacy server sent a malformed header block ({problem or 'unparsable'})")
             check_framing(headers)
         except UpstreamError:
             _abort(sock)

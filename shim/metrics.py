@@ -1,13 +1,20 @@
-"""Prometheus metrics of one shim process (``/_shim/metrics``).
+"""Prometheus metrics of the shim (``/_shim/metrics``).
 
-Each gunicorn worker keeps its own registry; scrape each instance, or put one
-worker per instance when exact totals matter (see docs/deployment.md).
+Under gunicorn the workers of one server share their values through
+prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by
+:mod:`shim.gunicorn_conf`): whichever worker answers a scrape reports the sums
+over all of them, so a counter never jumps back when the next scrape reaches
+the other worker.  Without that variable (tests, other servers) each process
+reports its own.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.wrappers import Response
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -43,6 +50,10 @@ class Metrics:
         self.upstream_errors = Counter("shim_upstream_errors_total", "Upstream failures, by kind", ["kind"], registry=r)
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
     def response(self) -> Response:

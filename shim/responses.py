@@ -4,11 +4,15 @@
 :class:`RawResponse` passes a status, headers and body on exactly as given:
 answers relayed from the legacy server must not gain a ``Content-Type`` or
 lose headers the way Werkzeug's :class:`~werkzeug.wrappers.Response` adjusts
-them (it drops entity headers from a 304, for instance).
+them (it drops entity headers from a 304, for instance).  It reads the first
+piece of its body before the status line goes out, so that a body failing at
+once (the database dropping at the first fetch, the legacy server closing
+after its headers) can still be answered with an error of the shim's own.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from http import HTTPStatus
 
@@ -41,5 +45,31 @@ class RawResponse:
         self.body = body
 
     def __call__(self, environ, start_response):
+        pieces = iter(self.body)
+        try:
+            first = next(pieces)  # may raise: nothing is sent yet, the caller answers instead
+        except StopIteration:
+            start_response(self.status, self.headers)
+            return self.body
+        except BaseException:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+            raise
         start_response(self.status, self.headers)
-        return self.body
+        return _Chained(first, pieces, self.body)
+
+
+class _Chained:
+    """The first piece, then the rest; closing closes the original body (WSGI's ``close``)."""
+
+    def __init__(self, first: bytes, rest, original):
+        self.first, self.rest, self.original = first, rest, original
+
+    def __iter__(self):
+        return itertools.chain((self.first,), self.rest)
+
+    def close(self):
+        close = getattr(self.original, "close", None)
+        if close is not None:
+            close()

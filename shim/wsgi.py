@@ -34,7 +34,7 @@ from werkzeug.routing import Map, Rule
 from . import auth, authz, db, denylist, health
 from . import config as config_module
 from .changes import ChangesEndpoint
-from .guard import GuardedBody, StatusTracker
+from .guard import GuardedBody, StatusTracker, error_answer
 from .metrics import Metrics
 from .proxy import Forwarder
 from .request import ShimRequest, Trust
@@ -106,14 +106,12 @@ class ShimApp:
         request = ShimRequest(environ, self.trust, self.config.public_prefix)
         tracker = StatusTracker(start_response, request.log)
         try:
-            response = self.dispatch(request)
-            body = response(environ, tracker)
+            body = self.dispatch(request)(environ, tracker)
         except RequestRefused as exc:
             body = plain(exc.status, str(exc))(environ, tracker)
-        except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.loggable_target)
-            body = plain(500, "internal error in pydio-shim")(environ, tracker)
-        return GuardedBody(body, request, tracker, started, self.finished)
+        except Exception as exc:  # nothing was sent yet: the shim's own answer instead
+            body = error_answer(request, exc)(environ, tracker)
+        return GuardedBody(body, request, started, self.finished)
 
     def dispatch(self, request):
         """The WSGI application that answers *request*."""

@@ -1,8 +1,9 @@
 """A real gunicorn serving ``shim.wsgi:application``, for tests.
 
-The production configuration ``conf/gunicorn.conf.py`` is used as is, with the
-command line narrowing it to one ``gthread`` worker of 8 threads on a loopback
-port chosen by the test; the shim itself is configured through ``PYDIO_SHIM_*``
+The production configuration shipped in the package (``shim/gunicorn_conf.py``)
+is used as is, with the command line narrowing it to one worker of 8 threads
+(or as many as the test asks for) on a loopback port chosen by the test; the shim
+itself is configured through ``PYDIO_SHIM_*``
 environment variables.  Usage::
 
     with GunicornServer({"PYDIO_SHIM_UPSTREAM_URL": url, "PYDIO_SHIM_DATABASE_URL": db}, log_dir) as shim:
@@ -22,17 +23,20 @@ import time
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONF = os.path.join(ROOT, "conf", "gunicorn.conf.py")
+CONF = "python:shim.gunicorn_conf"
 
 
 class GunicornServer:
-    """One gunicorn master with one gthread worker, started and stopped by the test."""
+    """One gunicorn master with its workers (one by default), started and stopped by the test."""
 
-    def __init__(self, env: dict[str, str], log_dir, threads: int = 8, health_path: str = "/_shim/health"):
+    def __init__(
+        self, env: dict[str, str], log_dir, threads: int = 8, health_path: str = "/_shim/health", workers: int = 1
+    ):
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PYDIO_SHIM_")}
         self.env.update(env)
         self.env["PYTHONUNBUFFERED"] = "1"
         self.threads = threads
+        self.workers = workers
         self.health_path = health_path
         self.log_path = os.path.join(str(log_dir), f"gunicorn-{os.getpid()}-{time.monotonic_ns()}.log")
         self.process = None
@@ -55,10 +59,8 @@ class GunicornServer:
             CONF,
             "--bind",
             f"fd://{listener.fileno()}",
-            "--worker-class",
-            "gthread",
             "--workers",
-            "1",
+            str(self.workers),
             "--threads",
             str(self.threads),
             "shim.wsgi:application",
@@ -120,10 +122,14 @@ class GunicornServer:
         with open(self.log_path + ".stdout", "rb") as fh:
             return fh.read().decode("utf-8", "replace")
 
-    def worker_pid(self) -> int:
-        """The PID of the (single) worker: the child process of the gunicorn master."""
+    def worker_pids(self) -> list[int]:
+        """The PIDs of the workers: the child processes of the gunicorn master."""
         with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as fh:
-            children = [int(pid) for pid in fh.read().split()]
+            return [int(pid) for pid in fh.read().split()]
+
+    def worker_pid(self) -> int:
+        """The PID of the (single) worker."""
+        children = self.worker_pids()
         if len(children) != 1:
             raise RuntimeError(f"expected one gunicorn worker, found {children}")
         return children[0]

@@ -154,3 +154,25 @@ def test_metrics_count_upstream_failures(db_url, serve):
     key_502 = ("shim_proxy_requests_total", (("status", "502"),))
     after = wait_for(url, {key_errors: 1, key_502: 1})
     assert (after.get(key_errors), after.get(key_502)) == (1, 1)
+
+
+@pytest.mark.slow
+def test_metrics_add_up_the_workers_of_one_server(sqlite_standin, tmp_path):
+    """Two workers: every scrape, whichever worker answers it, counts every request (no jumps back)."""
+    from gunicorn_helpers import GunicornServer
+
+    env = {"PYDIO_SHIM_UPSTREAM_URL": sqlite_standin.url, "PYDIO_SHIM_DATABASE_URL": sqlite_standin.db_url}
+    with GunicornServer(env, tmp_path, workers=2, threads=2) as server:
+        assert len(server.worker_pids()) == 2
+        sent = 30
+        for _ in range(sent):  # new connections: spread over both workers
+            assert requests.get(server.url + "/_standin/echo/m", headers={"Connection": "close"}).status_code == 200
+        seen = []
+        for _ in range(8):
+            text = requests.get(server.url + "/_shim/metrics", headers={"Connection": "close"}).text
+            line = next(
+                line for line in text.splitlines() if line.startswith('shim_proxy_requests_total{status="200"}')
+            )
+            seen.append(float(line.split()[-1]))
+        assert all(value >= sent for value in seen), seen
+        assert seen == sorted(seen), seen

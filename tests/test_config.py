@@ -299,3 +299,15 @@ def test_docs_list_every_setting_as_declared():
     assert start in text and end in text
     table = text.split(start, 1)[1].split(end, 1)[0]
     assert table == config.settings_table(), "docs/configuration.md: run `pydio-shim settings` and paste its table"
+
+
+def test_server_bind(tmp_path):
+    assert (
+        error(tmp_path, '[server]\nbind = "localhost"')
+        == "setting server.bind: expected host:port or unix:/path, got 'localhost'"
+    )
+    assert error(tmp_path, '[server]\nbind = "h:99999"').startswith("setting server.bind:")
+    assert load_text(tmp_path, '[server]\nbind = "unix:/run/shim.sock"').server_bind == "unix:/run/shim.sock"
+    loaded = load_text(tmp_path, '[server]\nbind = "0.0.0.0:9090"\n[public]\nprefix = "/pydio"')
+    assert loaded.shim_url == "http://127.0.0.1:9090/pydio"
+    assert load_text(tmp_path, '[server]\nbind = "10.1.2.3:8081"').shim_url == "http://10.1.2.3:8081"

@@ -139,6 +139,54 @@ def test_every_printed_demo_command_works(tmp_path, prefix):
     assert status == 0
 
 
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            children = [int(c) for c in fh.read().split()]
+    except FileNotFoundError:
+        return found
+    for child in children:
+        found |= {child} | _descendants(child)
+    return found
+
+
+@pytest.mark.parametrize("stop_with", [signal.SIGTERM, signal.SIGHUP])
+def test_a_demo_stopped_by_a_signal_stops_its_children(tmp_path, stop_with):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYDIO_SHIM_")}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "shim.cli", "demo", "--port", str(port), "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/_shim/health", timeout=2)
+                break
+            except requests.RequestException:
+                assert demo.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        children = _descendants(demo.pid)
+        assert children, "the demo runs gunicorn as its child"
+        demo.send_signal(stop_with)
+        assert demo.wait(30) == 0
+        deadline = time.monotonic() + 15
+        while any(
+            os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower()
+            for pid in children
+        ):
+            assert time.monotonic() < deadline, f"left running after {stop_with.name}: {children}"
+            time.sleep(0.1)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+
+
 # --- conf/shim.example.toml, Procfile, the systemd unit ------------------------------------------
 
 

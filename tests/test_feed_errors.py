@@ -333,3 +333,42 @@ def test_filter_cut_inside_a_character_skips_the_row(standin, shim):
     ]
     legacy = requests.get(standin.url + query, auth=ALICE, timeout=30)
     assert legacy.content == b"\n" + ours.content  # PHP: an empty first row, then the separator
+
+
+def test_failure_before_the_first_row_is_a_clean_503(standin, shim, monkeypatch, caplog):
+    """The database drops during the first fetch: the status line has not gone yet, so a 503 replaces it.
+
+    Nothing escapes the WSGI iterable (the server would print its own page and
+    log the request line), and the access line records what the client got.
+    """
+    _, url = shim
+    fill_changes(standin.engine, 5)
+    real_feed_rows = feed.feed_rows
+    monkeypatch.setattr(feed, "feed_rows", lambda rows, *args: real_feed_rows(FailingResult(rows, after=0), *args))
+    caplog.set_level("INFO", logger="shim.access")
+    response = requests.get(url + "/api/1/changes/0/?stream=true", auth=ALICE, timeout=30)
+    assert response.status_code == 503
+    assert response.content == b"pydio-shim: the database is unavailable\n"
+    deadline = time.monotonic() + 5  # the line is written when the server closes the response
+    while not any("/api/1/changes/0/?stream=true status=503" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records if r.name == "shim.access"]
+        time.sleep(0.02)
+
+
+def test_a_corrupt_workspace_option_is_left_to_the_legacy_server(standin, shim, db_url):
+    """``$phpserial$`` that phpserialize cannot read (an array as a key raises TypeError): forwarded."""
+    with standin.engine.begin() as conn:
+        conn.execute(db.repo.insert().values(uuid="corrupt", slug="corrupt", accessType="fs", isTemplate=False))
+        conn.execute(
+            db.repo_options.insert().values(uuid="corrupt", name="META_SOURCES", val=b"$phpserial$a:1:{a:0:{}i:1;}")
+        )
+        conn.execute(db.repo_options.insert().values(uuid="corrupt", name="PATH", val=b"AJXP_DATA_PATH/corrupt"))
+    standin.set_right("alice", "corrupt", "rw")
+    _, url = shim
+    path = "/api/corrupt/changes/0?stream=true"
+    standin.log.clear()
+    from_shim = requests.get(url + path, auth=ALICE, timeout=30)
+    assert from_shim.status_code != 500
+    assert ("GET", path) in list(standin.log), "not forwarded"
+    from_legacy = requests.get(standin.url + path, auth=ALICE, timeout=30)
+    assert (from_shim.status_code, from_shim.content) == (from_legacy.status_code, from_legacy.content)

@@ -32,7 +32,7 @@ from gunicorn_helpers import CONF, ROOT, GunicornServer
 from shim import config as config_module
 from shim import headers as header_policy
 from shim import proxy
-from shim.upstream import RequestRefused
+from shim.upstream import RequestRefused, UpstreamError, check_framing
 from shim.wsgi import create_app
 
 ALICE = "Basic " + base64.b64encode(f"alice:{USERS['alice'][0]}".encode()).decode()
@@ -198,6 +198,7 @@ class RawUpstream:
                     headers[name.strip().lower()] = value.strip()
                 body = reader.read(int(headers.get("content-length", "0")))
                 self.record(number, "request", (method, target, len(body)))
+                self.last_target = target
                 keep = getattr(
                     self, "answer_" + target.strip("/").split("?")[0].replace("-", "_"), self.answer_default
                 )(conn, number, served)
@@ -255,6 +256,22 @@ class RawUpstream:
     def answer_hop(self, conn, number, served):
         conn.sendall(self.HOP_RESPONSE)
         return True
+
+    def answer_headers_only(self, conn, number, served):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n")
+        return False  # and closes: not one byte of the announced body
+
+    FRAMINGS = {
+        "te_and_length": b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "two_lengths": b"Content-Length: 2\r\nContent-Length: 7\r\n\r\nsmuggle",
+        "bare_cr": b"X-Note: a\rSet-Cookie: injected=1\r\nContent-Length: 2\r\n\r\nok",
+        "name_space": b"Bad Name: x\r\nContent-Length: 2\r\n\r\nok",
+    }
+
+    def answer_framing(self, conn, number, served):
+        kind = self.last_target.split("kind=", 1)[1]
+        conn.sendall(b"HTTP/1.1 200 OK\r\n" + self.FRAMINGS[kind])
+        return False
 
     def answer_truncate_length(self, conn, number, served):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 30000)
@@ -549,7 +566,16 @@ def test_response_headers_filter():
         ("Cache-Control", "no-cache"),
         ("Cache-Control", "private"),
     ]
-    assert header_policy.response_headers([("Bad Name", "x"), ("X-Ok", "a\x00b"), ("X-Fine", "é")]) == [("X-Fine", "é")]
+    for bad in (
+        [("Bad Name", "x")],
+        [("X-Ok", "a\x00b")],
+        [("X-Cr", "a\rb")],
+        [("Content-Length", "2, 3")],
+        [("Transfer-Encoding", "chunked"), ("Content-Length", "2")],
+    ):
+        with pytest.raises(UpstreamError):
+            check_framing(bad)
+    check_framing([("X-Fine", "é"), ("Content-Length", "2")])
 
 
 def test_set_cookie_and_cookie_round_trip_through_the_login(shim, standin):
@@ -863,3 +889,51 @@ def test_a_content_length_beyond_any_body_is_a_400(shim, standin, length):
     assert (answer.status, answer.body) == (400, b"Content-Length too large\n")
     assert list(standin.log) == []
     assert "Traceback" not in shim.log()
+
+
+# --- failures of the upstream's answer stay inside the shim -----------------------------------------
+
+
+def wait_for_access_line(server, text: str, seconds: float = 10) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        line = next((ln for ln in server.log().splitlines() if "shim.access" in ln and text in ln), None)
+        if line is not None:
+            return line
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.02)
+
+
+def test_an_upstream_closing_after_its_headers_is_a_clean_502_with_no_secret_logged(raw_shim):
+    """Before the first body byte nothing is sent yet: the shim answers 502 itself and logs what the client got."""
+    target = "/headers-only?auth_token=TOKSECRET&auth_hash=0123:HASHSECRET"
+    answer = raw_request(raw_shim.port, "GET", target)
+    assert answer.status == 502 and answer.body.startswith(b"pydio-shim: ")
+    line = wait_for_access_line(raw_shim, "GET /headers-only?auth_token=***&auth_hash=***")
+    assert "status=502" in line
+    log = raw_shim.log()
+    assert "TOKSECRET" not in log and "HASHSECRET" not in log
+    assert "Error handling request" not in log
+
+
+def test_gunicorn_s_own_messages_never_show_a_secret(raw_shim):
+    """A request line gunicorn itself refuses is logged by gunicorn: masked too."""
+    with socket.create_connection(("127.0.0.1", raw_shim.port), timeout=10) as sock:
+        sock.sendall(b"GET /x?auth_token=TOKSECRET2&auth_hash=1:HASHSECRET2 HTTP/1.1 junk\r\nHost: x\r\n\r\n")
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 400")
+    deadline = time.monotonic() + 5
+    while "Invalid request from ip" not in raw_shim.log():
+        assert time.monotonic() < deadline, raw_shim.log()[-2000:]
+        time.sleep(0.02)
+    log = raw_shim.log()
+    assert "TOKSECRET2" not in log and "HASHSECRET2" not in log
+    assert "auth_token=***" in log
+
+
+@pytest.mark.parametrize("kind", sorted(RawUpstream.FRAMINGS))
+def test_an_answer_whose_framing_reads_two_ways_is_refused(raw_shim, kind):
+    answer = raw_request(raw_shim.port, "GET", f"/framing?kind={kind}")
+    assert answer.status == 502, (kind, answer.headers, answer.body)
+    assert answer.body.startswith(b"pydio-shim: the legacy server sent ")
+    assert not any(name.lower() == "set-cookie" for name, _ in answer.headers)

@@ -83,32 +83,21 @@ class DemoStack:
             self.standin.install()
             self.standin.add_user(DEMO_USER, DEMO_PASSWORD)
         self.standin_server = ServerThread(self.standin).start()
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYDIO_SHIM_")}
         env.update(
             {
                 "PYDIO_SHIM_UPSTREAM_URL": self.standin_server.url,
                 "PYDIO_SHIM_UPSTREAM_PREFIX": self.prefix or "/",
                 "PYDIO_SHIM_DATABASE_URL": self.database_url,
+                "PYDIO_SHIM_SERVER_BIND": f"127.0.0.1:{self.port}",
+                # The shipped configuration, sized for a laptop and quiet on the terminal.
+                "PYDIO_SHIM_SERVER_WORKERS": "1",
+                "PYDIO_SHIM_SERVER_THREADS": "8",
+                "PYDIO_SHIM_LOG_LEVEL": "WARNING",
             }
         )
-        env.pop("PYDIO_SHIM_CONFIG", None)
         self.shim = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--worker-class",
-                "gthread",
-                "--workers",
-                "1",
-                "--threads",
-                "8",
-                "--log-level",
-                "warning",
-                "shim.wsgi:application",
-            ],
+            [sys.executable, "-m", "gunicorn", "-c", "python:shim.gunicorn_conf", "shim.wsgi:application"],
             env=env,
             stdin=subprocess.DEVNULL,
         )
@@ -166,29 +155,41 @@ class DemoStack:
         ]
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP reached the demo: stop everything as Ctrl-C does."""
+
+
+def _stop_on_signal(signum, _frame):
+    raise _Stopped(signal.Signals(signum).name)
+
+
 def run_demo(port: int = 0, prefix: str = "", workdir: str | None = None) -> int:
+    # A demo stopped by a service manager or a closed terminal must not leave
+    # its gunicorn behind: those signals end it like Ctrl-C, at any moment.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGHUP, _stop_on_signal)
     print("pydio-shim demo: starting SQLite + stand-in legacy server + shim (gunicorn)...", flush=True)
     stack = DemoStack(port, prefix, workdir)
     try:
-        stack.start()
-    except (RuntimeError, OSError) as exc:
-        print(f"pydio-shim demo: {exc}", file=sys.stderr)
-        return 1
-    assert stack.standin_server is not None and stack.shim is not None  # both set by start()
-    print(
-        f"\n  shim:                 {stack.url}\n  legacy stand-in:      {stack.standin_server.url}{prefix}\n"
-        f"  database:             {stack.database_url}\n  user / password:      {DEMO_USER} / {DEMO_PASSWORD}\n"
-    )
-    print("Try (in another terminal):\n")
-    for what, command in stack.example_commands():
-        print(f"  # {what}\n  {command}\n")
-    print("Ctrl-C stops the demo.", flush=True)
-    try:
+        try:
+            stack.start()
+        except (RuntimeError, OSError) as exc:
+            print(f"pydio-shim demo: {exc}", file=sys.stderr)
+            return 1
+        assert stack.standin_server is not None and stack.shim is not None  # both set by start()
+        print(
+            f"\n  shim:                 {stack.url}\n  legacy stand-in:      {stack.standin_server.url}{prefix}\n"
+            f"  database:             {stack.database_url}\n  user / password:      {DEMO_USER} / {DEMO_PASSWORD}\n"
+        )
+        print("Try (in another terminal):\n")
+        for what, command in stack.example_commands():
+            print(f"  # {what}\n  {command}\n")
+        print("Ctrl-C stops the demo.", flush=True)
         while stack.shim.poll() is None:
             time.sleep(0.5)
         print("pydio-shim demo: the shim exited", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         print("\nstopping...", flush=True)
         return 0
     finally:
