@@ -117,6 +117,21 @@ def _database_url(name: str, value: str) -> str:
     return value
 
 
+def _public_origin(name: str, value: str) -> str:
+    if not value:
+        return value
+    parts = urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(f"setting {name}: expected scheme://host[:port] (no path), got {value!r}")
+    return value.rstrip("/")
+
+
 def _networks(name: str, value: tuple[str, ...]) -> tuple[str, ...]:
     for entry in value:
         try:
@@ -207,6 +222,12 @@ class Config:
         "The path clients reach the shim at. Empty: from a trusted proxy's X-Forwarded-Prefix, else "
         "gunicorn's SCRIPT_NAME, else /.",
         check=_optional_prefix,
+    )
+    public_origin: str = setting(
+        "",
+        "scheme://host[:port] clients reach the shim at, for rewritten URLs. Empty: from each request's "
+        "Host (or a trusted X-Forwarded-Host), used only when it is a valid host name.",
+        check=_public_origin,
     )
     database_url: str = setting(
         "",

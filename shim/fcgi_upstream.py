@@ -22,7 +22,8 @@ from email.utils import formatdate
 from urllib.parse import unquote
 
 from . import fastcgi
-from .translate import join_prefix, strip_prefix
+from .request import Trust
+from .translate import join_prefix, strip_prefix, valid_host
 from .upstream import CHUNK, UpstreamError, UpstreamResponse, UpstreamTimeout, check_framing
 
 #: What may be served from the document root without PHP: the web UI's assets.
@@ -62,6 +63,7 @@ class FastCGIUpstream:
         )
         self.document_root = os.path.realpath(config.upstream_document_root)
         self.prefix = config.upstream_prefix
+        self.trust = Trust(config.proxy_trusted_proxies)
         self.script_name = join_prefix(self.prefix, "/index.php")
 
     def send(self, method: str, uri: str, headers: list[tuple[str, str]], body=None) -> UpstreamResponse:
@@ -70,12 +72,15 @@ class FastCGIUpstream:
         static = self._static_file(method, uri)
         if static is not None:
             return static
-        host = values.get("x-forwarded-host") or "localhost"
+        # PHP writes this host into the URLs of its pages: a value that is not a host name never reaches it.
+        host = values.get("x-forwarded-host", "").split(",")[0].strip()
+        if not valid_host(host):
+            host = "localhost"
         https = values.get("x-forwarded-proto", "").lower() == "https"
         server_name, port = host, ""
         if _HOST_PORT.match(host):
             server_name, _, port = host.rpartition(":")
-        remote = values.get("x-forwarded-for", "127.0.0.1").split(",")[-1].strip()
+        remote = self._client_address(values.get("x-forwarded-for", ""))
         length = 0 if body is None else len(body)
         passed = [(n, v) for n, v in headers if n.lower() not in _NOT_PASSED] + [("Host", host)]
         params = fastcgi.build_params(
@@ -112,6 +117,18 @@ class FastCGIUpstream:
                 raise UpstreamError(f"php-fpm broke the exchange: {exc}") from exc
 
         return UpstreamResponse(response.status, response.reason, list(response.headers), body_iter(), response.close)
+
+    def _client_address(self, forwarded_for: str) -> str:
+        """``REMOTE_ADDR`` for PHP: the client, as nginx's real_ip finds it behind the trusted proxies.
+
+        *forwarded_for* is the ``X-Forwarded-For`` the shim built, its peer last.
+        PHP counts failed logins per ``REMOTE_ADDR`` and records it with each
+        device's token: the address of a proxy there would be one address for all.
+        """
+        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+        if not hops:
+            return "127.0.0.1"
+        return self.trust.client_address(hops[-1], ", ".join(hops[:-1]))
 
     def _static_file(self, method: str, uri: str) -> UpstreamResponse | None:
         if method not in ("GET", "HEAD"):

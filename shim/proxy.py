@@ -124,26 +124,37 @@ class ResponseBody:
             callback(self.upstream)
 
 
+def request_origin(request) -> str:
+    """``scheme://host`` the client reached the shim at, or "" when its host is not a valid host name."""
+    environ = request.environ
+    trusted = request.trusted
+    scheme = (environ.get("HTTP_X_FORWARDED_PROTO") if trusted else None) or environ.get("wsgi.url_scheme", "http")
+    host = (environ.get("HTTP_X_FORWARDED_HOST") if trusted else None) or environ.get("HTTP_HOST") or ""
+    host = host.split(",")[0].strip()
+    if scheme not in ("http", "https") or not translate.valid_host(host):
+        return ""
+    return f"{scheme}://{host}"
+
+
 class Forwarder:
     """Sends requests on to the legacy server and relays its answers."""
 
-    def __init__(self, upstream, upstream_prefix: str, keystore, metrics):
+    def __init__(self, upstream, upstream_prefix: str, keystore, metrics, public_origin: str = ""):
         self.upstream = upstream
         self.upstream_prefix = upstream_prefix
+        self.public_origin = public_origin
         self.keystore = keystore
         self.metrics = metrics
 
     def mapping(self, request) -> translate.Mapping:
-        """The public and upstream URL spaces of *request*."""
-        environ = request.environ
-        trusted = request.trusted
-        scheme = (environ.get("HTTP_X_FORWARDED_PROTO") if trusted else None) or environ.get("wsgi.url_scheme", "http")
-        host = (
-            (environ.get("HTTP_X_FORWARDED_HOST") if trusted else None)
-            or environ.get("HTTP_HOST")
-            or environ.get("SERVER_NAME", "localhost")
-        )
-        public_origin = f"{scheme}://{host}"
+        """The public and upstream URL spaces of *request*.
+
+        The public origin is the configured one, else the request's own when
+        its host is a valid host name; else none, and upstream URLs become
+        absolute paths (``/pydio/...``) rather than carry a forged host into
+        redirects and pages.
+        """
+        public_origin = self.public_origin or request_origin(request)
         # A FastCGI upstream has no origin of its own: PHP names the public host.
         return translate.Mapping(
             public_origin, request.prefix, self.upstream.origin or public_origin, self.upstream_prefix

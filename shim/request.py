@@ -31,13 +31,12 @@ class Trust:
             return False
         return any(ip in network for network in self.networks)
 
-    def client_address(self, peer: str, forwarded_for: str | None) -> str | None:
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
         """The client's address as nginx's ``real_ip_recursive`` finds it.
 
         Walking ``X-Forwarded-For`` from the right, trusted proxies are
-        skipped; the first address that is not one is the client.  None when
-        the peer itself is not trusted and sent forwarding claims (they are
-        ignored: the peer is the client), handled by returning the peer.
+        skipped; the first address that is not one is the client.  From a peer
+        that is not trusted, forwarding claims are ignored: the peer is the client.
         """
         if peer not in self or not forwarded_for:
             return peer
@@ -77,7 +76,18 @@ class ShimRequest(Request):
     @cached_property
     def client_address(self) -> str:
         """The client's own address: the peer, or what trusted proxies say it is."""
-        return self._trust.client_address(self.peer, self.environ.get("HTTP_X_FORWARDED_FOR")) or self.peer
+        return self._trust.client_address(self.peer, self.environ.get("HTTP_X_FORWARDED_FOR"))
+
+    @property
+    def trusted_client(self) -> bool:
+        """Whether the *client* is trusted, not only the peer: a trusted proxy says it is itself trusted.
+
+        Behind a local nginx every request comes from a trusted peer; only an
+        ``X-Forwarded-For`` naming a trusted address (an operator on the proxy's
+        own machine, say) makes the client one.
+        """
+        forwarded = self.environ.get("HTTP_X_FORWARDED_FOR")
+        return self.trusted and bool(forwarded) and self.client_address in self._trust
 
     @cached_property
     def loggable_target(self) -> str:

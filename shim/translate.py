@@ -98,6 +98,20 @@ def strip_prefix(path: str, prefix: str) -> str | None:
     return path[position:] or "/"
 
 
+# A host as a URL may name it (RFC 9110 uri-host [":" port]), kept to what cannot
+# break out of an HTML attribute, a JSON string or a header: a DNS name or IPv4
+# address, or an IPv6 literal in brackets.
+_VALID_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*\.?"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
+
+
+def valid_host(value: str | None) -> bool:
+    """Whether a ``Host`` (or ``X-Forwarded-Host``) value is a host name fit to be written into URLs."""
+    return value is not None and 0 < len(value) <= 255 and _VALID_HOST.fullmatch(value) is not None
+
+
 def join_prefix(prefix: str, app_path: str) -> str:
     """*app_path* (starting with ``/``) placed under *prefix*."""
     return (prefix + app_path) if prefix else app_path

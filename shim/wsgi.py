@@ -90,7 +90,9 @@ class ShimApp:
             config.auth_cache_size,
             clock=clock,
         )
-        self.forward = Forwarder(self.upstream, config.upstream_prefix, self.keystore, self.metrics)
+        self.forward = Forwarder(
+            self.upstream, config.upstream_prefix, self.keystore, self.metrics, config.public_origin
+        )
         self.changes = ChangesEndpoint(self)
         self.adapter = url_map(config).bind("shim", url_scheme="http")
         # urllib3 logs request URLs at DEBUG, and probe URLs carry a token and a
@@ -120,7 +122,7 @@ class ShimApp:
         endpoint, values = self.match(request)
         if endpoint == "health":
             request.log.kind = "admin"
-            return health.health(self, detailed=request.trusted)
+            return health.health(self, detailed=request.trusted_client)
         if endpoint == "metrics":
             request.log.kind = "admin"
             return self.metrics.response()

@@ -67,7 +67,7 @@ while (($data = fread($in, 65536)) !== false && $data !== '') {
 $out = [];
 foreach (['REQUEST_URI', 'SCRIPT_NAME', 'SCRIPT_FILENAME', 'PHP_SELF', 'PHP_AUTH_USER', 'PHP_AUTH_PW',
           'HTTP_AUTHORIZATION', 'REQUEST_METHOD', 'QUERY_STRING', 'CONTENT_LENGTH', 'CONTENT_TYPE',
-          'HTTPS', 'HTTP_HOST', 'HTTP_PROXY'] as $key) {
+          'HTTPS', 'HTTP_HOST', 'HTTP_PROXY', 'REMOTE_ADDR', 'HTTP_X_FORWARDED_FOR'] as $key) {
     $out[$key] = $_SERVER[$key] ?? null;
 }
 $out['REQUEST_URI_HEX'] = bin2hex($_SERVER['REQUEST_URI'] ?? '');

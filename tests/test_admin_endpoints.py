@@ -33,8 +33,10 @@ def serve(start_shim):
     return start
 
 
-def health(url):
-    response = requests.get(url + "/_shim/health", timeout=30)
+def health(url, forwarded_for: str | None = "127.0.0.1"):
+    """The health answer, asked as an operator on the proxy's machine would (details shown)."""
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    response = requests.get(url + "/_shim/health", headers=headers, timeout=30)
     assert response.headers["Content-Type"] == "application/json"
     assert response.headers["Cache-Control"] == "no-store"
     return response.status_code, response.json()
@@ -176,3 +178,21 @@ def test_metrics_add_up_the_workers_of_one_server(sqlite_standin, tmp_path):
             seen.append(float(line.split()[-1]))
         assert all(value >= sent for value in seen), seen
         assert seen == sorted(seen), seen
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_health_details_only_for_a_client_a_trusted_proxy_vouches_for(db_url, serve):
+    """The peer (127.0.0.1, a trusted proxy) is not enough: the forwarded client must be trusted too."""
+    url = serve(f"http://127.0.0.1:{closed_port()}", db_url)
+    detail = "failed: cannot connect to the legacy server"
+    assert health(url, forwarded_for="127.0.0.1")[1]["checks"]["upstream"].startswith(detail)
+    assert health(url, forwarded_for="203.0.113.9, 127.0.0.1")[1]["checks"]["upstream"] == "failed"
+    assert health(url, forwarded_for="203.0.113.9")[1]["checks"]["upstream"] == "failed"
+    assert health(url, forwarded_for=None)[1]["checks"]["upstream"] == "failed"
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_health_details_never_for_a_peer_that_is_not_a_trusted_proxy(db_url, serve):
+    url = serve(f"http://127.0.0.1:{closed_port()}", db_url, proxy_trusted_proxies=("192.0.2.1",))
+    assert health(url, forwarded_for="127.0.0.1")[1]["checks"]["upstream"] == "failed"
+    assert health(url, forwarded_for="192.0.2.1")[1]["checks"]["upstream"] == "failed"

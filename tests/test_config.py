@@ -311,3 +311,12 @@ def test_server_bind(tmp_path):
     loaded = load_text(tmp_path, '[server]\nbind = "0.0.0.0:9090"\n[public]\nprefix = "/pydio"')
     assert loaded.shim_url == "http://127.0.0.1:9090/pydio"
     assert load_text(tmp_path, '[server]\nbind = "10.1.2.3:8081"').shim_url == "http://10.1.2.3:8081"
+
+
+def test_public_origin(tmp_path):
+    assert (
+        load_text(tmp_path, '[public]\norigin = "https://files.example.org/"').public_origin
+        == "https://files.example.org"
+    )
+    for bad in ("files.example.org", "https://h/pydio", "ftp://h", "https://h?x"):
+        assert error(tmp_path, f'[public]\norigin = "{bad}"').startswith("setting public.origin: expected")

@@ -135,3 +135,32 @@ def test_php_sources_and_odd_paths_are_never_served_as_files(shim_on_fpm):
     assert requests.get(shim_on_fpm.url + "/plugins/a%ff.js").status_code != 500
     odd_host = requests.get(shim_on_fpm.url + "/api/default/ls/", headers={"Host": "files.example.org:x1"})
     assert odd_host.status_code == 200 and info(odd_host)["HTTP_HOST"] == "files.example.org:x1"
+
+
+def test_php_sees_the_client_address_behind_the_trusted_proxy(shim_on_fpm):
+    """REMOTE_ADDR is the client's, as nginx's real_ip would set it: never the proxy's (one counter for all)."""
+    # The test is a trusted proxy (loopback) forwarding for 203.0.113.7 through another trusted hop.
+    seen = info(requests.get(shim_on_fpm.url + "/api/default/ls/", headers={"X-Forwarded-For": "203.0.113.7, ::1"}))
+    assert seen["REMOTE_ADDR"] == "203.0.113.7"
+    # Forged hops left of an untrusted one do not count: the first untrusted address from the right is the client.
+    seen = info(
+        requests.get(shim_on_fpm.url + "/api/default/ls/", headers={"X-Forwarded-For": "10.9.9.9, 198.51.100.4"})
+    )
+    assert seen["REMOTE_ADDR"] == "198.51.100.4"
+    seen = info(requests.get(shim_on_fpm.url + "/api/default/ls/"))  # no forwarding: the peer itself
+    assert seen["REMOTE_ADDR"] == "127.0.0.1"
+
+
+def test_php_never_gets_a_host_that_is_not_a_host_name(shim_on_fpm):
+    """PHP builds its page URLs from the Host it is given: a forged one is replaced, a valid one kept."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", int(shim_on_fpm.url.rsplit(":", 1)[1]), timeout=10)
+    conn.putrequest("GET", "/api/default/ls/", skip_host=True)
+    conn.putheader("Host", 'x"><b>')
+    conn.endheaders()
+    body = json.loads(conn.getresponse().read())
+    conn.close()
+    assert body["HTTP_HOST"] == "localhost"
+    seen = info(requests.get(shim_on_fpm.url + "/api/default/ls/", headers={"Host": "files.example.org"}))
+    assert seen["HTTP_HOST"] == "files.example.org"

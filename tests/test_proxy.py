@@ -937,3 +937,25 @@ def test_an_answer_whose_framing_reads_two_ways_is_refused(raw_shim, kind):
     assert answer.status == 502, (kind, answer.headers, answer.body)
     assert answer.body.startswith(b"pydio-shim: the legacy server sent ")
     assert not any(name.lower() == "set-cookie" for name, _ in answer.headers)
+
+
+@pytest.mark.parametrize("host", ['evil.example"><script>alert(1)</script>', "a b", "x/y", "h:1:2", "", "é.example"])
+def test_a_host_header_that_is_not_a_host_name_never_reaches_a_rewritten_url(untrusted_shim, host):
+    """Under /pydio the login redirect and the boot page are rewritten: with a forged Host they become paths."""
+    answer = raw_request(
+        untrusted_shim.port,
+        "POST",
+        "/pydio/?get_action=login",
+        [("Host", host), ("Content-Type", "application/x-www-form-urlencoded")],
+        b"userid=alice&password=alice-secret",
+    )
+    assert answer.status == 302
+    assert answer.header("Location") == "/pydio/"
+    page = raw_request(untrusted_shim.port, "GET", "/pydio/", [("Host", host)])
+    assert page.status == 200 and b"<script>alert" not in page.body and b"127.0.0.1" not in page.body
+    assert b'<base href="/pydio/"' in page.body
+
+
+def test_a_valid_host_is_kept_in_rewritten_urls(untrusted_shim):
+    answer = raw_request(untrusted_shim.port, "GET", "/pydio/", [("Host", "files.example.org:8443")])
+    assert b'<base href="http://files.example.org:8443/pydio/"' in answer.body
