@@ -11,16 +11,19 @@ answers it as it would without the shim.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 import sqlalchemy as sa
 
 from . import auth, db, feed
 from . import headers as header_policy
+from .feed import FeedParams
 from .phpcompat import parse_query
 from .proxy import content_length
 from .responses import RawResponse, plain
 from .upstream import RequestRefused, UpstreamError
+from .workspaces import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -64,52 +67,71 @@ def small_form(environ) -> bytes | None:
     return body
 
 
+@dataclass
+class Poll:
+    """A feed request the shim understands: what it asks for and who asks."""
+
+    params: FeedParams
+    principal: auth.Principal
+    body: bytes | None  # a POST body already read (forwarded as it was)
+
+
+class Declined(Exception):
+    """The shim does not answer this request itself: the legacy server does."""
+
+
 class ChangesEndpoint:
-    """Serves feed requests from the database, or hands them to *forward*."""
+    """Serves feed requests from the database, or forwards them."""
 
     def __init__(self, app):
         self.app = app
 
     def __call__(self, request, ws: str, seq: str):
         app = self.app
-        params = dict(request.query_params)
         body = None
+        params = dict(request.query_params)
         if request.method == "POST":
             body = small_form(request.environ)
             if body is None:
                 return app.forward(request)
             params.update(parse_query(body))
-        forward = lambda: app.forward(request, body)  # noqa: E731 - the one way out, taken from many places
-        if ambiguous_credentials(request.environ, params):
-            return forward()
-        feed_params = feed.parse_feed_params(seq, params)
-        if feed_params is None:
-            return forward()
+        if not app.database.should_try():
+            return self.forward_degraded(request, body)
         try:
-            principal = auth.authenticate(
-                params, request.environ.get("HTTP_AUTHORIZATION"), request.public_path, app.keystore
-            )
-            if principal is None:
-                return forward()
+            response = self.answer(request, ws, seq, params, body)
+        except Declined:
+            return app.forward(request, body)
+        except (sa.exc.SQLAlchemyError, feed.FeedError) as exc:
+            if app.database.failed(exc):
+                return self.forward_degraded(request, body)
+            # The database answers: the request itself made its query fail (a
+            # character a utf8mb3 column cannot compare, say). PHP decides.
+            log.info("feed query failed (%s); forwarding", db.first_line(exc))
+            return app.forward(request, body)
+        app.database.succeeded()
+        return response
+
+    def answer(self, request, ws: str, seq: str, params: dict, body: bytes | None):
+        """The shim's own answer; raises :class:`Declined` (forward) or a database error."""
+        app = self.app
+        poll = self.understand(request, seq, params, body)
+        try:
             ws_key = unquote(ws, errors="strict")
+        except UnicodeDecodeError:
+            raise Declined from None
+        try:
             workspace = None if ws_key == "pydio" else app.workspaces.resolve(ws_key)
-        except sa.exc.SQLAlchemyError as exc:
-            if app.database_alive():
-                # The database answers: the input made the query fail (e.g. a
-                # character a utf8mb3 column cannot compare); PHP decides.
-                return forward()
-            return self.db_unavailable(request, exc)
-        except ValueError:  # an undecodable workspace option or path segment
-            return forward()
+        except OptionError:
+            raise Declined from None
         if workspace is None or not workspace.syncable:
-            return forward()
+            raise Declined
         request.log.kind = "feed"
         try:
             # The probe names the workspace by the id the shim resolved, never as the
             # client spelled it: a slug may have moved to another workspace since the
             # shim last looked it up, and the answer must be about the rows it sends.
             decision, hit = app.authorizer.decide(
-                principal,
+                poll.principal,
                 workspace.id,
                 lambda: header_policy.client_identity_headers(request.environ, request.prefix, request.trusted),
             )
@@ -117,8 +139,6 @@ class ChangesEndpoint:
             app.metrics.upstream_errors.labels(kind="probe").inc()
             log.error("auth probe failed: %s", exc)
             return plain(exc.status, f"pydio-shim: the legacy server could not confirm access ({exc})")
-        except sa.exc.SQLAlchemyError as exc:
-            return self.db_unavailable(request, exc)
         request.log.cache = "hit" if hit else "miss"
         app.metrics.auth_cache.labels(result=request.log.cache).inc()
         if decision.response is not None:
@@ -126,25 +146,37 @@ class ChangesEndpoint:
             app.metrics.feed_requests.labels(status=str(status)).inc()
             out = header_policy.without(header_policy.response_headers(legacy_headers), "content-length")
             return RawResponse(status, out + [("Content-Length", str(len(denial)))], [denial])
-        if not decision.allowed:
-            return forward()
-        identifier = workspace.identifier(decision.login, decision.group_path)
+        identifier = workspace.identifier(decision.login, decision.group_path) if decision.allowed else None
         if identifier is None:
-            return forward()
-        try:
-            stream = feed.FeedStream(app.feed_engine, identifier, feed_params, workspace.recycle_bin)
-        except feed.FeedError as exc:
-            return self.db_unavailable(request, exc)
-        if app.config.feed_is_replica and feed_params.seq > stream.very_last:
+            raise Declined
+        stream = feed.FeedStream(app.feed_engine, identifier, poll.params, workspace.recycle_bin)
+        if app.config.feed_is_replica and poll.params.seq > stream.very_last:
             # A client ahead of the replica (it lags the primary): answering would
             # send it back to seq 0, a full resync.  The legacy server answers.
             stream.close()
-            return forward()
+            raise Declined
         request.feed = stream
-        return RawResponse(200, [("Content-Type", feed.CONTENT_TYPE)], stream)
+        # The first piece is read here, so that a database failing at the first
+        # fetch is still this request's to forward.
+        return RawResponse(200, [("Content-Type", feed.CONTENT_TYPE)], stream.primed())
 
-    def db_unavailable(self, request, exc):
-        self.app.metrics.feed_requests.labels(status="503").inc()
-        log.error("database unavailable for the feed: %s", db.first_line(exc))
-        request.log.kind = "feed"
-        return plain(503, "pydio-shim: the database is unavailable", [("Retry-After", "5")])
+    def understand(self, request, seq: str, params: dict, body: bytes | None) -> Poll:
+        """The request's parameters and principal, or :class:`Declined`."""
+        if ambiguous_credentials(request.environ, params):
+            raise Declined
+        feed_params = feed.parse_feed_params(seq, params)
+        if feed_params is None:
+            raise Declined
+        principal = auth.authenticate(
+            params, request.environ.get("HTTP_AUTHORIZATION"), request.public_path, self.app.keystore
+        )
+        if principal is None:
+            raise Declined
+        return Poll(feed_params, principal, body)
+
+    def forward_degraded(self, request, body: bytes | None):
+        """Forwarded because the database is out of reach; 503 when the legacy server cannot answer either."""
+        app = self.app
+        request.log.kind = "feed,degraded"
+        app.metrics.feed_degraded.inc()
+        return app.forward(request, body, unavailable=True)

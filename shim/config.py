@@ -239,6 +239,10 @@ class Config:
     database_feed_url: str = setting(
         "", "Where the change feed is read from, e.g. a read-only replica. Empty: database.url.", check=_database_url
     )
+    database_retry_interval: float = setting(
+        5.0,
+        "Seconds between attempts to read a database found out of reach (its feed requests are forwarded meanwhile).",
+    )
     database_pool_size: int = setting(
         16, "Connections kept open per worker process and per database (as many again at busy moments)."
     )

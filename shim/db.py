@@ -16,6 +16,7 @@ import os
 import re
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,14 @@ index = sa.Table(
     sa.Column("repository_identifier", sa.Text),
 )
 
-# The conf.sql tables the shim reads.  Pydio creates them; tests and the demo
-# create them with create_all() from these definitions.
+# The conf.sql and auth.sql tables the shim reads, with the column types of
+# Pydio 8.2.5's own DDL on each engine (PostgreSQL keeps serialized values in
+# bytea, SQLite roles in a blob).  Pydio creates them; tests and the demo create
+# them with create_all() from these definitions.
 conf_metadata = sa.MetaData()
+# A text column Pydio declares binary on PostgreSQL (bytea) and, for roles, on SQLite (blob).
+_SERIALIZED = sa.Text().with_variant(postgresql.BYTEA(), "postgresql")
+_SERIAL_ROLE = sa.Text().with_variant(postgresql.BYTEA(), "postgresql").with_variant(sa.LargeBinary(), "sqlite")
 
 users = sa.Table(
     "ajxp_users",
@@ -65,6 +71,16 @@ user_rights = sa.Table(
     sa.Column("login", sa.String(255), nullable=False, index=True),
     sa.Column("repo_uuid", sa.String(33), nullable=False, index=True),
     sa.Column("rights", sa.Text, nullable=False),
+)
+
+user_prefs = sa.Table(
+    "ajxp_user_prefs",
+    conf_metadata,
+    sa.Column("rid", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("login", sa.String(255), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("val", sa.LargeBinary),
+    sa.UniqueConstraint("login", "name", name="prefs_login_name"),
 )
 
 repo = sa.Table(
@@ -96,23 +112,39 @@ repo_options = sa.Table(
     sa.Column("val", sa.LargeBinary),
 )
 
+roles = sa.Table(
+    "ajxp_roles",
+    conf_metadata,
+    sa.Column("role_id", sa.String(255), primary_key=True),
+    sa.Column("serial_role", _SERIAL_ROLE, nullable=False),
+    sa.Column("searchable_repositories", sa.Text, nullable=True),
+    sa.Column("owner_user_id", sa.String(255), nullable=True, index=True),
+    sa.Column("last_updated", sa.Integer, nullable=False, default=0, index=True),
+)
+
+groups = sa.Table(
+    "ajxp_groups",
+    conf_metadata,
+    sa.Column("groupPath", sa.String(255), primary_key=True),
+    sa.Column("groupLabel", sa.String(255), nullable=False),
+)
+
+plugin_configs = sa.Table(
+    "ajxp_plugin_configs",
+    conf_metadata,
+    sa.Column("id", sa.String(50), primary_key=True),
+    sa.Column("configs", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql"), nullable=False),
+)
+
 simple_store = sa.Table(
     "ajxp_simple_store",
     conf_metadata,
     sa.Column("object_id", sa.String(255), primary_key=True),
     sa.Column("store_id", sa.String(50), primary_key=True),
-    sa.Column("serialized_data", sa.Text, nullable=True),
+    sa.Column("serialized_data", _SERIALIZED.with_variant(mysql.LONGTEXT(), "mysql"), nullable=True),
     sa.Column("binary_data", sa.LargeBinary, nullable=True),
     sa.Column("related_object_id", sa.String(255), nullable=True),
-)
-
-roles = sa.Table(
-    "ajxp_roles",
-    conf_metadata,
-    sa.Column("role_id", sa.String(255), primary_key=True),
-    sa.Column("serial_role", sa.Text, nullable=False),
-    sa.Column("owner_user_id", sa.String(255), nullable=True),
-    sa.Column("last_updated", sa.Integer, nullable=False, default=0),
+    sa.Column("insertion_date", sa.DateTime, server_default=sa.func.current_timestamp()),
 )
 
 SYNCABLE_TABLES = ("ajxp_changes", "ajxp_index")

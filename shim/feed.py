@@ -424,5 +424,28 @@ class FeedStream:
                 pass
             self._conn = None
 
+    def primed(self):
+        """This stream with its first chunk already computed (database errors raise here, as FeedError)."""
+        chunks = iter(self)
+        try:
+            first = next(chunks)
+        except StopIteration:
+            return self
+        return _Primed(first, chunks, self)
+
     def close(self):
         self._release()
+
+
+class _Primed:
+    """A feed stream whose first chunk is computed: the chunk, then the rest; closing closes the stream."""
+
+    def __init__(self, first: bytes, rest, stream: FeedStream):
+        self.first, self.rest, self.stream = first, rest, stream
+
+    def __iter__(self):
+        yield self.first
+        yield from self.rest
+
+    def close(self):
+        self.stream.close()

@@ -1,5 +1,9 @@
 """``/_shim/health``: can the shim reach what it needs?  JSON, 200 or 503.
 
+``ok``: everything answers.  ``degraded`` (still 200): the database is out of
+reach but the legacy server answers, so feed requests go to it
+(:mod:`shim.dbstate`); ``reason`` says why.  ``failed`` (503): the legacy server
+does not answer, so neither does the shim for anything but the feed.
 Error details (host names, users) go only to trusted callers; others see which
 part failed, and the details are logged.
 """
@@ -46,12 +50,24 @@ def health(app, detailed: bool) -> Response:
     if app.config.feed_is_replica:  # the feed reads a replica: it must answer too
         checks["feed_database"] = database_check(app.feed_engine)
     checks["upstream"] = upstream_check(app.upstream, app.config.upstream_prefix)
-    healthy = all(v == "ok" for v in checks.values())
-    if not healthy:
-        log.warning("health: %s", ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"))
+    if checks["upstream"] != "ok":
+        status = "failed"
+    elif any(v != "ok" for v in checks.values()) or app.database.degraded:
+        status = "degraded"
+    else:
+        status = "ok"
+    answer: dict = {"status": status, "checks": checks}
+    if status != "ok":
+        log.warning("health: %s", ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok") or status)
+    if status == "degraded":
+        answer["reason"] = "the database is out of reach: feed requests are forwarded to the legacy server"
+        if detailed and app.database.reason:
+            answer["reason"] += f" (last error: {app.database.reason})"
     if not detailed:
-        checks = {k: v.split(":", 1)[0] for k, v in checks.items()}
-    body = json.dumps({"status": "ok" if healthy else "failed", "checks": checks})
+        answer["checks"] = {k: v.split(":", 1)[0] for k, v in checks.items()}
     return Response(
-        body, status=200 if healthy else 503, content_type="application/json", headers=[("Cache-Control", "no-store")]
+        json.dumps(answer),
+        status=503 if status == "failed" else 200,
+        content_type="application/json",
+        headers=[("Cache-Control", "no-store")],
     )

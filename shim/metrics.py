@@ -35,6 +35,9 @@ class Metrics:
             "shim_feed_duration_seconds", "Time to send a whole feed answer", buckets=LATENCY_BUCKETS, registry=r
         )
         self.feed_rows = Counter("shim_feed_rows_total", "Change rows sent by the shim", registry=r)
+        self.feed_degraded = Counter(
+            "shim_feed_degraded_total", "Feed requests forwarded because the database was out of reach", registry=r
+        )
         self.proxy_requests = Counter(
             "shim_proxy_requests_total", "Requests forwarded to the legacy server, by status", ["status"], registry=r
         )

@@ -160,8 +160,12 @@ class Forwarder:
             public_origin, request.prefix, self.upstream.origin or public_origin, self.upstream_prefix
         )
 
-    def __call__(self, request, body=None):
-        """Forward *request* (its *body* when already read, as bytes); a WSGI application."""
+    def __call__(self, request, body=None, unavailable: bool = False):
+        """Forward *request* (its *body* when already read, as bytes); a WSGI application.
+
+        With *unavailable*, the shim could not have answered either: a legacy
+        server out of reach is then a 503 (retry later), not a 502.
+        """
         started = time.perf_counter()
         request.log.kind = "proxy"
         environ = request.environ
@@ -188,6 +192,12 @@ class Forwarder:
             self.metrics.upstream_errors.labels(kind=kind).inc()
             self.metrics.proxy_requests.labels(status=str(exc.status)).inc()
             log.error("upstream %s for %s %s: %s", kind, method, request.loggable_target, exc)
+            if unavailable:
+                return plain(
+                    503,
+                    f"pydio-shim: neither the database nor the legacy server answers ({exc})",
+                    [("Retry-After", "5")],
+                )
             return plain(exc.status, f"pydio-shim: {exc}")
         out_headers = translate.rewrite_response_headers(header_policy.response_headers(upstream.headers), mapping)
         if translate.should_rewrite_body(request.app_path, out_headers, mapping):

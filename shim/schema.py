@@ -85,7 +85,7 @@ EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
     """CREATE TABLE IF NOT EXISTS ajxp_index (
   node_id BIGSERIAL PRIMARY KEY,
   node_path TEXT NOT NULL,
-  bytesize BIGINT NOT NULL,
+  bytesize INTEGER NOT NULL,  -- as Pydio creates it: files of 2 GiB and more fail its own inserts
   md5 VARCHAR(32) NOT NULL,
   mtime INTEGER NOT NULL,
   repository_identifier TEXT NOT NULL

@@ -27,13 +27,13 @@ import threading
 import time
 import typing
 
-import sqlalchemy as sa
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
 from . import auth, authz, db, denylist, health
 from . import config as config_module
 from .changes import ChangesEndpoint
+from .dbstate import DatabaseState
 from .guard import GuardedBody, StatusTracker, error_answer
 from .metrics import Metrics
 from .proxy import Forwarder
@@ -93,6 +93,11 @@ class ShimApp:
         self.forward = Forwarder(
             self.upstream, config.upstream_prefix, self.keystore, self.metrics, config.public_origin
         )
+        self.database = DatabaseState(
+            [self.engine] + ([self.feed_engine] if config.feed_is_replica else []),
+            config.database_retry_interval,
+            clock,
+        )
         self.changes = ChangesEndpoint(self)
         self.adapter = url_map(config).bind("shim", url_scheme="http")
         # urllib3 logs request URLs at DEBUG, and probe URLs carry a token and a
@@ -145,15 +150,6 @@ class ShimApp:
             return self.adapter.match(path, method=request.method)
         except HTTPException:  # no route, or a method the route does not take
             return None, {}
-
-    def database_alive(self) -> bool:
-        """Whether the database answers at all (to tell a failed query from a dead server)."""
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            return True
-        except sa.exc.SQLAlchemyError:
-            return False
 
     def close(self) -> None:
         """Release the database pools and the upstream connections kept for reuse."""

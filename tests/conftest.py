@@ -62,11 +62,28 @@ def _create_database(engine_name: str, tmp_path) -> tuple[str, callable]:
     url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
     def drop():
+        # Connections a test left open (a server thread's pool) would hold locks
+        # DROP DATABASE waits for: end them first.
         with admin.connect() as conn:
             if engine_name == "postgresql":
                 conn.execute(
                     sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
                 )
+            else:
+                ids = (
+                    conn.execute(
+                        sa.text(
+                            f"SELECT id FROM information_schema.processlist WHERE db = '{name}' AND id <> CONNECTION_ID()"
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                for connection_id in ids:
+                    try:
+                        conn.execute(sa.text(f"KILL {int(connection_id)}"))
+                    except sa.exc.OperationalError:  # already gone
+                        pass
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
         admin.dispose()
 

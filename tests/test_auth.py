@@ -432,14 +432,7 @@ def test_a_denial_is_cached_for_a_few_seconds_at_most(standin, make_shim):
     # An unknown token is remembered as unknown for a couple of seconds at most.
     pair = {"t": secrets.token_hex(16), "p": secrets.token_hex(16)}
     assert requests.get(shim.url + path, params=signed(path, pair)).status_code == 401
-    with standin.engine.begin() as conn:
-        conn.execute(
-            db.simple_store.insert().values(
-                object_id=pair["t"],
-                store_id="keystore",
-                serialized_data=phpserialize.dumps({"USER_ID": "bob", "PRIVATE": pair["p"]}).decode(),
-            )
-        )
+    standin.store.put_token(pair["t"], {"USER_ID": "bob", "PRIVATE": pair["p"]})
     served, elapsed = wait_until(
         lambda: stream_rows(requests.get(shim.url + path, params=signed(path, pair)).content), 4
     )
@@ -483,13 +476,7 @@ def test_token_pair_from_the_shim_signs_feed_requests(standin, make_shim):
     shim = make_shim()
 
     pair = token_pair(shim.url, "alice")  # forwarded to the legacy server, which stores it
-    with standin.engine.connect() as conn:
-        stored = conn.execute(
-            sa.select(db.simple_store.c.serialized_data).where(
-                db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == pair["t"]
-            )
-        ).scalar_one()
-    assert phpserialize.loads(stored.encode(), decode_strings=True)["USER_ID"] == "alice"
+    assert standin.store.token_data(pair["t"])["USER_ID"] == "alice"
 
     cases = [
         ("GET", "/api/0/changes/0/", SHARED["alice"]),

@@ -23,7 +23,6 @@ from helpers import serve_app, shim_environ
 from shim import db, feed
 
 ALICE = ("alice", USERS["alice"][0])
-UNAVAILABLE = b"pydio-shim: the database is unavailable\n"
 #: Long enough paths that a few thousand rows are megabytes of feed.
 LONG = "/" + "long-folder-name/" * 40
 
@@ -73,40 +72,116 @@ def assert_unavailable(response):
     assert response.status_code == 503
     assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert response.headers["Retry-After"] == "5"
-    assert response.content == UNAVAILABLE
+    assert response.content.startswith(b"pydio-shim: neither the database nor the legacy server answers")
 
 
-# --- before the body: 503 -----------------------------------------------------------------
+def assert_legacy_answer(shim_url, standin, path):
+    from_shim = requests.get(shim_url + path, auth=ALICE, timeout=30)
+    from_legacy = requests.get(standin.url + path, auth=ALICE, timeout=30)
+    assert (from_shim.status_code, from_shim.content) == (from_legacy.status_code, from_legacy.content)
+    return from_shim
 
 
-def test_database_unreachable_gives_503(standin, engine_name, tmp_path):
+def health_of(url) -> dict:
+    return requests.get(url + "/_shim/health", headers={"X-Forwarded-For": "127.0.0.1"}, timeout=30).json()
+
+
+# --- the database out of reach: the legacy server answers ------------------------------------------
+
+
+def test_database_unreachable_forwards_the_feed(standin, engine_name, tmp_path):
+    """The shim fails alone: a database it cannot reach makes it forward, not answer 503."""
+    fill_changes(standin.engine, 3)
     server = serve_shim(standin, closed_database_url(engine_name, tmp_path))
+    try:
+        standin.log.clear()
+        response = assert_legacy_answer(server.url, standin, "/api/1/changes/0/?stream=true")
+        assert response.status_code == 200 and response.content.endswith(b"\nLAST_SEQ:3")
+        assert ("GET", "/api/1/changes/0/?stream=true") in list(standin.log)
+        state = health_of(server.url)
+        assert state["status"] == "degraded" and "forwarded to the legacy server" in state["reason"]
+        metrics = requests.get(server.url + "/_shim/metrics").text
+        assert "shim_feed_degraded_total 1.0" in metrics
+    finally:
+        server.stop()
+
+
+def test_feed_database_unreachable_forwards_the_feed(standin, db_url, engine_name, tmp_path):
+    """Conf tables readable, the feed's own database (``database.feed_url``) down."""
+    fill_changes(standin.engine, 3)
+    server = serve_shim(standin, db_url, closed_database_url(engine_name, tmp_path))
+    try:
+        assert_legacy_answer(server.url, standin, "/api/1/changes/0/?stream=true&flatten=true")
+        assert health_of(server.url)["status"] == "degraded"
+    finally:
+        server.stop()
+
+
+def test_503_only_when_the_legacy_server_cannot_answer_either(db_url, engine_name, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_upstream = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    server = serve_app(shim_environ(dead_upstream, closed_database_url(engine_name, tmp_path)))
     try:
         assert_unavailable(requests.get(server.url + "/api/1/changes/0/?stream=true", auth=ALICE, timeout=30))
     finally:
         server.stop()
 
 
-def test_feed_database_unreachable_gives_503(standin, db_url, engine_name, tmp_path):
-    """Conf tables readable, the feed's own database (``database.feed_url``) down."""
-    server = serve_shim(standin, db_url, closed_database_url(engine_name, tmp_path))
+@pytest.mark.parametrize("engine_name", ["mysql"])
+def test_the_shim_serves_again_once_the_database_answers(standin, db_url, tmp_path):
+    """A wrong password: forwarded meanwhile; the right one back: served by the shim again, no restart."""
+    from sqlalchemy.engine import make_url
+
+    from shim import config as shim_config
+    from shim import wsgi
+
+    fill_changes(standin.engine, 3)
+    admin = sa.create_engine(make_url(db_url).set(database=""), poolclass=sa.pool.NullPool)
+    user, password = "shimtest_flaky", "right-password"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY 'wrong-one'"))
+        conn.execute(sa.text(f"GRANT SELECT ON {make_url(db_url).database}.* TO '{user}'@'%'"))
+    url = make_url(db_url).set(username=user, password=password).render_as_string(hide_password=False)
+    clock = [0.0]
+    app = wsgi.create_app(shim_config.load(environ=shim_environ(standin.url, url)), clock=lambda: clock[0])
+    from helpers import RunningShim
+
+    server = RunningShim(app)
     try:
-        response = requests.get(server.url + "/api/1/changes/0/?stream=true&flatten=true", auth=ALICE, timeout=30)
-        assert_unavailable(response)
+        path = "/api/1/changes/0/?stream=true"
+        standin.log.clear()
+        assert_legacy_answer(server.url, standin, path)
+        assert health_of(server.url)["status"] == "degraded"
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"ALTER USER '{user}'@'%' IDENTIFIED BY '{password}'"))
+        forwarded = len([u for _, u in standin.log if "/changes/0/" in u])
+        requests.get(server.url + path, auth=ALICE, timeout=30)  # within the retry interval: still forwarded
+        assert len([u for _, u in standin.log if "/changes/0/" in u]) == forwarded + 1
+        clock[0] += 5.1
+        served = requests.get(server.url + path, auth=ALICE, timeout=30)
+        assert served.status_code == 200 and served.content.endswith(b"\nLAST_SEQ:3")
+        assert not any(u.startswith("/api/1/changes/0/") for _, u in list(standin.log)[-1:])  # the probe only
+        assert health_of(server.url)["status"] == "ok"
     finally:
         server.stop()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'%'"))
+        admin.dispose()
 
 
-def test_changes_table_dropped_gives_503(standin, shim):
+def test_a_query_failing_on_a_live_database_is_forwarded(standin, shim):
+    """The changes table gone while the database answers: not the shim's to decide, the legacy server answers."""
     app, url = shim
     fill_changes(standin.engine, 3)
-    feed_url = url + "/api/1/changes/0/?stream=true"
-    first = requests.get(feed_url, auth=ALICE, timeout=30)
+    feed_url = "/api/1/changes/0/?stream=true"
+    first = requests.get(url + feed_url, auth=ALICE, timeout=30)
     assert first.status_code == 200 and first.content.endswith(b"\nLAST_SEQ:3")
     with standin.engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE ajxp_changes"))
-    assert_unavailable(requests.get(feed_url, auth=ALICE, timeout=30))
+    assert_legacy_answer(url, standin, feed_url)
     assert app.feed_engine.pool.checkedout() == 0
+    assert not app.database.degraded
 
 
 # --- after the body started: no LAST_SEQ ----------------------------------------------------
@@ -335,8 +410,8 @@ def test_filter_cut_inside_a_character_skips_the_row(standin, shim):
     assert legacy.content == b"\n" + ours.content  # PHP: an empty first row, then the separator
 
 
-def test_failure_before_the_first_row_is_a_clean_503(standin, shim, monkeypatch, caplog):
-    """The database drops during the first fetch: the status line has not gone yet, so a 503 replaces it.
+def test_failure_before_the_first_row_is_the_legacy_server_s_to_answer(standin, shim, monkeypatch, caplog):
+    """The first fetch fails: the status line has not gone yet, so the request is still forwarded.
 
     Nothing escapes the WSGI iterable (the server would print its own page and
     log the request line), and the access line records what the client got.
@@ -346,11 +421,13 @@ def test_failure_before_the_first_row_is_a_clean_503(standin, shim, monkeypatch,
     real_feed_rows = feed.feed_rows
     monkeypatch.setattr(feed, "feed_rows", lambda rows, *args: real_feed_rows(FailingResult(rows, after=0), *args))
     caplog.set_level("INFO", logger="shim.access")
-    response = requests.get(url + "/api/1/changes/0/?stream=true", auth=ALICE, timeout=30)
-    assert response.status_code == 503
-    assert response.content == b"pydio-shim: the database is unavailable\n"
+    response = assert_legacy_answer(url, standin, "/api/1/changes/0/?stream=true")
+    assert response.status_code == 200 and response.content.endswith(b"\nLAST_SEQ:5")
     deadline = time.monotonic() + 5  # the line is written when the server closes the response
-    while not any("/api/1/changes/0/?stream=true status=503" in r.getMessage() for r in caplog.records):
+    while not any(
+        "/api/1/changes/0/?stream=true status=200" in r.getMessage() and "kind=proxy" in r.getMessage()
+        for r in caplog.records
+    ):
         assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records if r.name == "shim.access"]
         time.sleep(0.02)
 
@@ -372,3 +449,39 @@ def test_a_corrupt_workspace_option_is_left_to_the_legacy_server(standin, shim, 
     assert ("GET", path) in list(standin.log), "not forwarded"
     from_legacy = requests.get(standin.url + path, auth=ALICE, timeout=30)
     assert (from_shim.status_code, from_shim.content) == (from_legacy.status_code, from_legacy.content)
+
+
+@pytest.mark.parametrize("engine_name", ["mysql"])
+def test_a_character_the_genuine_utf8mb3_tables_cannot_compare_is_forwarded(empty_db_url, tmp_path):
+    """Pydio's MySQL tables are utf8 (utf8mb3): a filter beyond U+FFFF fails the shim's query with
+    "Illegal mix of collations" while the database is fine. PHP answers 200 with an empty feed; so must the shim."""
+    from shim import schema
+    from shim.demo.standin import LegacyStandin
+
+    engine = db.create_engine(empty_db_url)
+    with engine.begin() as conn:
+        db.create_conf_tables(conn)
+        schema.install_syncable_schema(conn)
+        for table in ("ajxp_changes", "ajxp_index"):
+            conn.execute(sa.text(f"ALTER TABLE {table} CONVERT TO CHARACTER SET utf8mb3 COLLATE utf8mb3_unicode_ci"))
+    engine.dispose()
+    # The legacy server connects in utf8, as Pydio does.
+    standin = LegacyStandin(empty_db_url + "?charset=utf8", str(tmp_path / "data"))
+    standin.add_user("alice", ALICE[1])
+    from shim.demo.stack import ServerThread
+
+    legacy = ServerThread(standin).start()
+    standin.url = legacy.url
+    server = serve_app(shim_environ(legacy.url, empty_db_url))
+    try:
+        assert requests.post(legacy.url + "/api/0/mkfile/plain.txt", auth=ALICE).ok
+        path = "/api/0/changes/0?stream=true&filter=/%F0%9F%98%80"
+        standin.log.clear()
+        response = assert_legacy_answer(server.url, standin, path)
+        assert response.status_code == 200 and response.content.startswith(b"\nLAST_SEQ:")
+        assert len([u for _, u in standin.log if u == path]) == 2  # the shim forwarded it
+        assert not server.app.database.degraded
+    finally:
+        server.stop()
+        legacy.stop()
+        standin.engine.dispose()

@@ -1,5 +1,6 @@
 """The meta.syncable triggers behave like Pydio's on every engine."""
 
+import pytest
 import sqlalchemy as sa
 
 from shim import db, schema
@@ -47,3 +48,23 @@ def test_install_is_idempotent_and_reports_what_exists(db_url):
         assert {"ajxp_changes", "ajxp_index"} <= db.installed_tables(conn)
         assert schema.install_syncable_schema(conn) == []
     engine.dispose()
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql"])
+def test_postgresql_columns_are_pydio_s_own(db_url):
+    """PostgreSQL: bytesize INTEGER, node_id INTEGER in ajxp_changes, as Pydio's create.pgsql makes them."""
+    engine = db.create_engine(db_url)
+    with engine.connect() as conn:
+        types = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name IN ('ajxp_index', 'ajxp_changes')"
+                )
+            ).all()
+        )
+    engine.dispose()
+    assert types["ajxp_index.bytesize"] == "integer"
+    assert types["ajxp_index.mtime"] == "integer"
+    assert types["ajxp_changes.node_id"] == "integer"
+    assert types["ajxp_changes.seq"] == "bigint"

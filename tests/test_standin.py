@@ -88,3 +88,67 @@ def test_changes_action_for_comparison(standin):
     assert row["type"] == "create" and row["target"] == "/docs"
     assert '"target":"\\/docs"' in lines[0]
     assert requests.get(standin.url + "/api/0/changes/99", params={"stream": "true"}, auth=auth).text == "LAST_SEQ:1"
+
+
+ALICE = ("alice", "alice-secret")
+
+
+def test_rename_with_dest_takes_it_as_the_new_full_path(standin):
+    """The desktop client renames within a folder with ``file`` and ``dest`` (the new full path)."""
+    api = standin.url + "/api/0"
+    assert requests.post(api + "/mkdir/docs", auth=ALICE).ok
+    assert requests.post(api + "/mkfile/docs/a.txt", auth=ALICE).ok
+    assert requests.post(api + "/rename", data={"file": "/docs/a.txt", "dest": "/docs/b.txt"}, auth=ALICE).ok
+    assert change_types(standin)[-1] == ("path", "/docs/a.txt", "/docs/b.txt")
+    assert requests.post(api + "/mkdir/archive", auth=ALICE).ok
+    assert requests.post(api + "/move", data={"file": "/docs/b.txt", "dest": "/archive"}, auth=ALICE).ok
+    assert change_types(standin)[-1] == ("path", "/docs/b.txt", "/archive/b.txt")
+
+
+def test_a_database_slug_is_found_before_a_builtin_one(standin):
+    from shim import db
+
+    with standin.engine.begin() as conn:
+        conn.execute(db.repo.insert().values(uuid="shadow", slug="default", accessType="fs", isTemplate=False))
+        conn.execute(db.repo_options.insert().values(uuid="shadow", name="PATH", val=b"AJXP_DATA_PATH/shadow"))
+    assert standin.store.find_workspace("default", "alice").id == "shadow"
+    assert standin.store.find_workspace("0", "alice").id == "0"  # ids first, whoever holds them
+
+
+def test_tokens_are_stored_as_pydio_stores_them(standin, engine_name):
+    pair = requests.get(standin.url + "/api/pydio/keystore_generate_auth_token/dev", auth=ALICE).json()
+    with standin.engine.connect() as conn:
+        if engine_name == "postgresql":
+            kind = conn.execute(
+                sa.text(
+                    "SELECT data_type FROM information_schema.columns WHERE table_name = "
+                    "'ajxp_simple_store' AND column_name = 'serialized_data'"
+                )
+            ).scalar()
+            assert kind == "bytea"
+        stored = standin.store.token_data(pair["t"])
+    assert stored["USER_ID"] == "alice" and stored["PRIVATE"] == pair["p"]
+
+
+def test_odd_input_never_breaks_the_standin(standin):
+    """An astral character in a token, a NUL in a filter: the legacy answers (401, a feed), never a 500."""
+    odd_token = requests.get(
+        standin.url + "/api/0/changes/0", params={"auth_token": "t\U0001f600k", "auth_hash": "n:" + "0" * 64}
+    )
+    assert odd_token.status_code == 401
+    nul_filter = requests.get(standin.url + "/api/0/changes/0", params={"filter": "/do\x00cs"}, auth=ALICE)
+    assert nul_filter.status_code == 200 and b"last_seq" in nul_filter.content
+
+
+def test_seq_is_read_as_php_7_1_reads_it(standin):
+    """PHP 7.1+: intval("1e1") is 10, intval("12abc") 12, intval("1.9") 1."""
+    api = standin.url + "/api/0"
+    for i in range(12):
+        assert requests.post(api + f"/mkfile/f{i}.txt", auth=ALICE).ok
+
+    def body(seq):
+        return requests.get(f"{api}/changes/{seq}", params={"stream": "true"}, auth=ALICE).content
+
+    assert body("1e1") == body("10") != body("1")
+    assert body("12abc") == body("12")
+    assert body("1.9") == body("1")

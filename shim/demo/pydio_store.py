@@ -13,6 +13,7 @@ import hmac
 import os
 from dataclasses import dataclass
 
+import phpserialize
 import sqlalchemy as sa
 
 from .. import db
@@ -85,14 +86,40 @@ class PydioStore:
         if ws_key == "pydio":
             allowed = [w for w in self.all_workspaces() if self.has_right(login, w.id)]
             return allowed[0] if allowed else None
-        candidates = self.all_workspaces()
-        for ws in candidates:
-            if ws.id == ws_key:
-                return ws
-        for ws in candidates:
-            if ws.slug == ws_key:
-                return ws
+        # Pydio's order: the database's ids, the built-in ids, the database's slugs, the built-in slugs.
+        builtin = list(self.workspaces)
+        stored = [w for w in self.all_workspaces() if w not in builtin]
+        for key in ("id", "slug"):
+            for ws in stored + builtin:
+                if getattr(ws, key) == ws_key:
+                    return ws
         return None
+
+    # --- key-store tokens: ajxp_simple_store, store_id "keystore" ---------------------------
+
+    def put_token(self, token: str, data: dict) -> None:
+        """Store a token's PHP-serialized array as Pydio's key store does (bytea on PostgreSQL)."""
+        serialized = phpserialize.dumps(data)
+        value = serialized if self.engine.dialect.name == "postgresql" else serialized.decode()
+        with self.engine.begin() as conn:
+            conn.execute(db.simple_store.insert().values(object_id=token, store_id="keystore", serialized_data=value))
+
+    def token_data(self, token: str) -> dict | None:
+        """The array stored for *token*, or None: unknown, or a token no query can look up."""
+        if "\0" in token:  # no key holds a NUL (and PostgreSQL refuses one in a query)
+            return None
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(db.simple_store.c.serialized_data).where(
+                        db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token
+                    )
+                ).first()
+        except sa.exc.SQLAlchemyError:  # e.g. a character a utf8mb3 column cannot compare: PHP finds nothing
+            return None
+        if row is None or row[0] is None:
+            return None
+        return phpserialize.loads(db.as_bytes(row[0]), decode_strings=True)
 
     def all_workspaces(self):
         found = list(self.workspaces)

@@ -155,19 +155,14 @@ class DemoStack:
         ]
 
 
-class _Stopped(Exception):
-    """SIGTERM or SIGHUP reached the demo: stop everything as Ctrl-C does."""
-
-
-def _stop_on_signal(signum, _frame):
-    raise _Stopped(signal.Signals(signum).name)
-
-
 def run_demo(port: int = 0, prefix: str = "", workdir: str | None = None) -> int:
     # A demo stopped by a service manager or a closed terminal must not leave
-    # its gunicorn behind: those signals end it like Ctrl-C, at any moment.
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    signal.signal(signal.SIGHUP, _stop_on_signal)
+    # its gunicorn behind: SIGTERM and SIGHUP end it like Ctrl-C.  The handler
+    # only sets a flag: an exception raised wherever the signal lands (inside
+    # a library's cleanup, say) could be swallowed there.
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stopping.set())
     print("pydio-shim demo: starting SQLite + stand-in legacy server + shim (gunicorn)...", flush=True)
     stack = DemoStack(port, prefix, workdir)
     try:
@@ -177,19 +172,22 @@ def run_demo(port: int = 0, prefix: str = "", workdir: str | None = None) -> int
             print(f"pydio-shim demo: {exc}", file=sys.stderr)
             return 1
         assert stack.standin_server is not None and stack.shim is not None  # both set by start()
-        print(
-            f"\n  shim:                 {stack.url}\n  legacy stand-in:      {stack.standin_server.url}{prefix}\n"
-            f"  database:             {stack.database_url}\n  user / password:      {DEMO_USER} / {DEMO_PASSWORD}\n"
-        )
-        print("Try (in another terminal):\n")
-        for what, command in stack.example_commands():
-            print(f"  # {what}\n  {command}\n")
-        print("Ctrl-C stops the demo.", flush=True)
-        while stack.shim.poll() is None:
-            time.sleep(0.5)
-        print("pydio-shim demo: the shim exited", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, _Stopped):
+        if not stopping.is_set():
+            print(
+                f"\n  shim:                 {stack.url}\n  legacy stand-in:      {stack.standin_server.url}{prefix}\n"
+                f"  database:             {stack.database_url}\n  user / password:      {DEMO_USER} / {DEMO_PASSWORD}\n"
+            )
+            print("Try (in another terminal):\n")
+            for what, command in stack.example_commands():
+                print(f"  # {what}\n  {command}\n")
+            print("Ctrl-C stops the demo.", flush=True)
+        while not stopping.wait(0.5):
+            if stack.shim.poll() is not None:
+                print("pydio-shim demo: the shim exited", file=sys.stderr)
+                return 1
+        print("\nstopping...", flush=True)
+        return 0
+    except KeyboardInterrupt:
         print("\nstopping...", flush=True)
         return 0
     finally:

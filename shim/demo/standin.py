@@ -31,7 +31,6 @@ import time
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import phpserialize
 import sqlalchemy as sa
 from werkzeug.formparser import parse_form_data
 from werkzeug.wrappers import Request, Response
@@ -185,16 +184,8 @@ class LegacyStandin:
         token = params.get("auth_token")
         auth_hash = params.get("auth_hash")
         if token and auth_hash and ":" in auth_hash:
-            row = None
-            if "\0" not in token:  # no key holds a NUL (and PostgreSQL refuses one in a query)
-                with self.engine.connect() as conn:
-                    row = conn.execute(
-                        sa.select(db.simple_store.c.serialized_data).where(
-                            db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token
-                        )
-                    ).first()
-            if row:
-                data = phpserialize.loads(row[0].encode(), decode_strings=True)
+            data = self.store.token_data(token)
+            if data:
                 nonce, given = auth_hash.split(":", 1)
                 message = f"{php_signed_uri(path)}:{nonce}:{data['PRIVATE']}"
                 expected = hmac.new(token.encode(), message.encode(), hashlib.sha256).hexdigest()
@@ -356,15 +347,16 @@ class LegacyStandin:
         return self._ok("Uploaded")
 
     def do_rename(self, request, ws, login, path, params):
+        """``file`` renamed to ``dest`` (its new full path, as the desktop client sends it) or ``filename_new``."""
         source = params.get("file") or path
-        new_name = params.get("filename_new")
         dest = params.get("dest")
-        target = (
-            (dest.rstrip("/") + "/" + source.rsplit("/", 1)[1]) if dest else source.rsplit("/", 1)[0] + "/" + new_name
-        )
+        target = dest if dest else source.rsplit("/", 1)[0] + "/" + params.get("filename_new", "")
         return self._move(ws, login, source, target)
 
-    do_move = do_rename
+    def do_move(self, request, ws, login, path, params):
+        """``file`` moved into the folder ``dest``."""
+        source = params.get("file") or path
+        return self._move(ws, login, source, params.get("dest", "").rstrip("/") + "/" + source.rsplit("/", 1)[1])
 
     def _move(self, ws, login, source, target):
         os.makedirs(os.path.dirname(self._local(ws, login, target)), exist_ok=True)
@@ -443,12 +435,7 @@ class LegacyStandin:
             "DEVICE_UA": request.headers.get("User-Agent", ""),
             "DEVICE_IP": request.remote_addr or "",
         }
-        with self.engine.begin() as conn:
-            conn.execute(
-                db.simple_store.insert().values(
-                    object_id=token, store_id="keystore", serialized_data=phpserialize.dumps(data).decode()
-                )
-            )
+        self.store.put_token(token, data)
         return Response(json.dumps({"t": token, "p": private}), 200, content_type="application/json")
 
     def do_changes(self, request, ws, login, path, params):
