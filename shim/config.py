@@ -239,6 +239,12 @@ class Config:
     database_feed_url: str = setting(
         "", "Where the change feed is read from, e.g. a read-only replica. Empty: database.url.", check=_database_url
     )
+    database_connect_timeout: float = setting(
+        5.0, "Seconds to wait for a new database connection, handshake included. 0: no limit."
+    )
+    database_read_timeout: float = setting(
+        30.0, "Seconds to wait for the database: a read, a statement, a lock. 0: no limit (not advised)."
+    )
     database_retry_interval: float = setting(
         5.0,
         "Seconds between attempts to read a database found out of reach (its feed requests are forwarded meanwhile).",

@@ -151,38 +151,81 @@ SYNCABLE_TABLES = ("ajxp_changes", "ajxp_index")
 TRIGGER_NAMES = ("LOG_INSERT", "LOG_UPDATE", "LOG_DELETE")
 
 
-def create_engine(url: str, pool_size: int = 5, read_only: bool = False) -> Engine:
+def create_engine(
+    url: str,
+    pool_size: int = 5,
+    *,
+    read_only: bool = False,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 30.0,
+    pooled: bool = True,
+) -> Engine:
     """A pooled engine for *url*, configured the way the shim needs it.
 
     MySQL connections use ``utf8mb4`` so that any stored name round-trips.
     *read_only* engines (the feed's) run MySQL in autocommit mode with no
     rollback when a connection returns to the pool: each feed poll then costs
     the statements it runs and nothing else, as the legacy server's do.
+
+    No wait is unbounded: *connect_timeout* bounds a new connection (the
+    handshake included), *read_timeout* any wait for the server: a socket read
+    on MySQL, a statement (each fetch of a server-side cursor is one) or a lock
+    on PostgreSQL, a locked file on SQLite.  A silent server, a stalled network
+    or a table locked for minutes then costs a request that many seconds, and
+    the thread and its connection come back (a broken connection is dropped
+    from the pool, the next one is new).  0 means no limit.  Without *pooled*,
+    each use opens a connection of its own (a check that must not wait on a
+    pooled connection that has gone bad).
     """
-    kwargs: dict = {"pool_pre_ping": True, "future": True}
     parsed = sa.engine.make_url(url)
-    if read_only and parsed.get_backend_name() == "mysql":
+    backend = parsed.get_backend_name()
+    kwargs: dict = {"pool_pre_ping": True, "future": True} if pooled else {"poolclass": sa.pool.NullPool}
+    if backend == "postgresql" and read_timeout and pooled:
+        kwargs["pool_pre_ping"] = False  # shim.deadline pings under a deadline instead
+    connect_args: dict = {}
+    if read_only and backend == "mysql":
         kwargs.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
-    if parsed.get_backend_name() == "sqlite":
+    if backend == "sqlite":
         # SQLite file databases are shared between threads with a small pool;
         # each connection waits for writers instead of failing at once.
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-    else:
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)
-        if parsed.get_backend_name() == "mysql" and "charset" not in parsed.query:
+        connect_args = {"check_same_thread": False, "timeout": read_timeout or 3600}
+    elif pooled:
+        kwargs.update(
+            pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600, pool_timeout=max(1.0, read_timeout or 30.0)
+        )
+    if backend == "mysql":
+        if "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-        if (
-            parsed.get_backend_name() == "mysql"
-            and _is_local(parsed)
-            and not any(k.startswith("ssl") for k in parsed.query)
-        ):
+        if _is_local(parsed) and not any(k.startswith("ssl") for k in parsed.query):
             # PyMySQL builds a TLS context for every new connection (~50 ms of
             # CPU loading CA certificates) even when TLS is not used; on the
             # loopback or a Unix socket TLS protects nothing.
-            kwargs["connect_args"] = {"ssl_disabled": True}
+            connect_args["ssl_disabled"] = True
+        if connect_timeout:
+            connect_args["connect_timeout"] = max(1, int(connect_timeout))
+        if read_timeout:
+            connect_args.update(
+                read_timeout=read_timeout,
+                write_timeout=read_timeout,
+                # The server gives up a lock wait too, rather than keep a thread for a day.
+                init_command=f"SET SESSION lock_wait_timeout = {max(1, int(read_timeout))}",
+            )
+    elif backend == "postgresql":
+        if connect_timeout:
+            connect_args["connect_timeout"] = max(1, int(connect_timeout))
+        if read_timeout:
+            ms = int(read_timeout * 1000)
+            connect_args.update(options=f"-c statement_timeout={ms} -c lock_timeout={ms}", tcp_user_timeout=ms)
+        # A peer gone silent (a stalled relay, a dead host) is found by TCP keepalives.
+        connect_args.update(keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+    kwargs["connect_args"] = connect_args
     engine = sa.create_engine(parsed, **kwargs)
-    if parsed.get_backend_name() == "sqlite":
+    if backend == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_on_connect)
+    if backend == "postgresql" and read_timeout:
+        from .deadline import watch_postgresql
+
+        watch_postgresql(engine, read_timeout + 1)  # just past the server's own statement_timeout
     return engine
 
 

@@ -34,7 +34,9 @@ class DatabaseState:
     """Degraded or not, with the reason; thread-safe, one per process."""
 
     def __init__(self, engines, retry_interval: float = 5.0, clock: Clock | None = None):
-        self.engines = engines  # the engines the feed needs: the primary, and its replica if any
+        # Engines of their own, unpooled: "is it alive?" must open a new connection,
+        # not wait on a pooled one that went bad with the server.
+        self.engines = engines  # the feed's: the primary, and its replica if any
         self.retry_interval = retry_interval
         self.clock = clock or time.monotonic
         self.reason: str | None = None

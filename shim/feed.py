@@ -20,7 +20,7 @@ from urllib.parse import unquote_to_bytes
 
 import sqlalchemy as sa
 
-from . import db
+from . import db, deadline
 from .phpcompat import equals_null, is_valid_utf8_text, json_encode, parse_seq, sanitize_alphanum
 
 log = logging.getLogger(__name__)
@@ -321,6 +321,7 @@ class FeedStream:
     """
 
     def __init__(self, engine, identifier: str, params: FeedParams, recycle_bin: str = ""):
+        self._deadline = deadline.WATCHED.get(engine)  # PostgreSQL: fetches get a client-side deadline
         self.params = params
         self.recycle_bin = recycle_bin
         self.rows_sent = 0
@@ -359,6 +360,8 @@ class FeedStream:
         last_seq_box = [None]
         try:
             rows = () if self._result is None else self._result  # None: nothing after MAX, no query run
+            if self._result is not None and self._deadline:
+                rows = deadline.guarded_rows(self._result, self._conn, self._deadline)
             for row in feed_rows(rows, self.params, self.recycle_bin, last_seq_box):
                 if not _printable(row):
                     # PHP's json_encode fails on invalid UTF-8 and prints nothing

@@ -71,12 +71,10 @@ class ShimApp:
 
     def __init__(self, config: config_module.Config, upstream=None, clock=None):
         self.config = config
-        self.engine = db.create_engine(config.database_url, config.database_pool_size)
+        self.engine = self._engine(config.database_url)
         # The feed reads through an engine of its own (a replica's, or the
         # primary's tuned for reads); everything else uses self.engine.
-        self.feed_engine = db.create_engine(
-            config.database_feed_url or config.database_url, config.database_pool_size, read_only=True
-        )
+        self.feed_engine = self._engine(config.database_feed_url or config.database_url, read_only=True)
         self.upstream = upstream or make_upstream(config)
         self.metrics = Metrics()
         self.trust = Trust(config.proxy_trusted_proxies)
@@ -93,8 +91,9 @@ class ShimApp:
         self.forward = Forwarder(
             self.upstream, config.upstream_prefix, self.keystore, self.metrics, config.public_origin
         )
+        checked = [config.database_url] + ([config.database_feed_url] if config.feed_is_replica else [])
         self.database = DatabaseState(
-            [self.engine] + ([self.feed_engine] if config.feed_is_replica else []),
+            [self._engine(url, pooled=False) for url in checked],
             config.database_retry_interval,
             clock,
         )
@@ -103,6 +102,17 @@ class ShimApp:
         # urllib3 logs request URLs at DEBUG, and probe URLs carry a token and a
         # valid hash: never let them reach a log, whatever the root level.
         logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLogger("urllib3").level))
+
+    def _engine(self, url: str, read_only: bool = False, pooled: bool = True):
+        c = self.config
+        return db.create_engine(
+            url,
+            c.database_pool_size,
+            read_only=read_only,
+            pooled=pooled,
+            connect_timeout=c.database_connect_timeout,
+            read_timeout=c.database_read_timeout,
+        )
 
     def __call__(self, environ, start_response):
         return self.wsgi_app(environ, start_response)
@@ -154,8 +164,8 @@ class ShimApp:
     def close(self) -> None:
         """Release the database pools and the upstream connections kept for reuse."""
         self.upstream.close()
-        self.engine.dispose()
-        self.feed_engine.dispose()
+        for engine in (self.engine, self.feed_engine, *self.database.engines):
+            engine.dispose()
 
     def finished(self, request, seconds: float) -> None:
         """Called once per request when its answer is closed: the feed's metrics."""

@@ -73,7 +73,8 @@ def _create_database(engine_name: str, tmp_path) -> tuple[str, callable]:
                 ids = (
                     conn.execute(
                         sa.text(
-                            f"SELECT id FROM information_schema.processlist WHERE db = '{name}' AND id <> CONNECTION_ID()"
+                            "SELECT id FROM information_schema.processlist"
+                            f" WHERE db = '{name}' AND id <> CONNECTION_ID()"
                         )
                     )
                     .scalars()

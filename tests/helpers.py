@@ -50,3 +50,62 @@ def serve_app(
 ) -> RunningShim:
     """Build a shim from *environ* (``PYDIO_SHIM_*``) or *config* and serve it; the caller stops it."""
     return RunningShim(wsgi.create_app(config or config_module.load(environ=environ or {}), **create_args))
+
+
+class StallingRelay:
+    """A TCP relay to *target* that can be made to stall: it keeps the connections open and stops
+    passing bytes, as a hung middlebox or a silent server does."""
+
+    def __init__(self, target_host: str, target_port: int):
+        import socket
+        import threading
+
+        self.target = (target_host, target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src, dst):
+        try:
+            while data := src.recv(65536):
+                self.flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def stall(self):
+        self.flowing.clear()
+
+    def resume(self):
+        self.flowing.set()
+
+    def close(self):
+        self._closed = True
+        self.flowing.set()
+        self.listener.close()

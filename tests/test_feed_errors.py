@@ -8,6 +8,7 @@ database connection; a stored path that is not UTF-8 is skipped, never a crash.
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import sqlite3
@@ -193,14 +194,21 @@ class FailingResult:
     def __init__(self, real, after: int):
         self.real = real
         self.after = after
+        self.rows = self._rows()
 
-    def __iter__(self):
+    def _rows(self):
         for n, row in enumerate(self.real):
             if n == self.after:
                 raise sa.exc.OperationalError(
                     "SELECT ... FROM ajxp_changes", {}, ConnectionError("server closed the connection")
                 )
             yield row
+
+    def __iter__(self):
+        return self.rows
+
+    def fetchmany(self, size: int):  # how the PostgreSQL feed reads (under a deadline)
+        return list(itertools.islice(self.rows, size))
 
     def close(self):
         self.real.close()
@@ -210,10 +218,11 @@ class FailingResult:
 def test_failure_mid_stream_never_ends_with_last_seq(db_url, stream, flatten):
     engine = db.create_engine(db_url)
     try:
-        fill_changes(engine, 400)
+        fill_changes(engine, 1400)
         params = feed.FeedParams(seq=0, stream=stream, flatten=flatten, filter=None)
         body = feed.FeedStream(engine, "1-alice", params, "recycle_bin")
-        body._result = FailingResult(body._result, after=300)
+        # After more rows than one fetch brings (PostgreSQL fetches 1000 at a time).
+        body._result = FailingResult(body._result, after=1300)
         received = []
         with pytest.raises(feed.FeedError):
             for chunk in body:

@@ -791,37 +791,44 @@ def test_client_leaving_mid_download_closes_the_upstream_connection(raw_shim, ra
 # --- connection reuse ---------------------------------------------------------------------------
 
 
-def settled(server, count: int) -> None:
-    """Wait until *count* requests have been closed by the shim (connections back in its pool).
+def proxied_lines(server) -> int:
+    return server.log().count(" kind=proxy ")
+
+
+def settled(server, before: int, requests_made: int = 1) -> None:
+    """Wait until the shim has closed *requests_made* more forwarded requests since *before* log lines.
 
     The worker returns the upstream connection to its pool when it closes the
     response, just after the client has the answer, and writes the access line
     right after that: so a line logged means the connection is back.
     """
     deadline = time.monotonic() + 10
-    while server.log().count(" kind=proxy ") < count:
+    while proxied_lines(server) < before + requests_made:
         assert time.monotonic() < deadline, "the shim did not finish the request"
         time.sleep(0.02)
 
 
 def test_upstream_connections_are_reused(raw_shim):
+    before = proxied_lines(raw_shim)
     first = raw_request(raw_shim.port, "GET", "/conn").body
-    settled(raw_shim, 1)
+    settled(raw_shim, before)
     second = raw_request(raw_shim.port, "GET", "/conn").body
     assert first == second
 
 
 def test_closed_kept_alive_connection_is_retried_for_a_get_only(raw_shim, raw_upstream):
+    before = proxied_lines(raw_shim)
     raw_request(raw_shim.port, "GET", "/conn")  # leaves an idle connection in the pool
-    settled(raw_shim, 1)
+    settled(raw_shim, before)
     raw_upstream.events.clear()
     answer = raw_request(raw_shim.port, "GET", "/drop-if-reused")
     assert answer.status == 200
     dropped = [n for n, what, _ in raw_upstream.events if what == "dropped"]
     assert dropped and answer.body != str(dropped[0]).encode()  # answered on a new connection
 
+    before = proxied_lines(raw_shim)
     raw_request(raw_shim.port, "GET", "/conn")
-    settled(raw_shim, 3)
+    settled(raw_shim, before)
     raw_upstream.events.clear()
     answer = raw_request(raw_shim.port, "POST", "/drop-if-reused", [], b"payload")
     posts = [d for _, what, d in raw_upstream.events if what == "request" and d[0] == "POST"]
