@@ -267,6 +267,24 @@ class Config:
         "front of the shim). Also gunicorn's forwarded_allow_ips.",
         check=_networks,
     )
+    proxy_max_upstream_requests: int = setting(
+        16,
+        "Forwarded requests one worker process lets wait on the legacy server at once; beyond it, 503. Keeps "
+        "threads for the feed (server.threads). 0: no bound.",
+    )
+    proxy_max_spooled_body: int = setting(
+        256 * 1024 * 1024,
+        "Bytes a chunked request body may have (it is spooled before forwarding); beyond it, 413. 0: no bound.",
+    )
+    proxy_spool_space: int = setting(
+        1024 * 1024 * 1024,
+        "Bytes all chunked bodies spooled at once by one worker may take; beyond it, 503. 0: no bound.",
+    )
+    proxy_spool_min_free: int = setting(
+        1024 * 1024 * 1024,
+        "Bytes left free on the spool's file system: an upload that would take more gets 503. 0: no check.",
+    )
+    proxy_spool_dir: str = setting("", "Where chunked bodies are spooled. Empty: the system's temporary directory.")
     admin_health_path: str = setting(
         "/_shim/health",
         "The health endpoint under the public prefix (JSON, 200 or 503). Empty turns it off.",

@@ -18,19 +18,18 @@ upstream URLs, cookie paths and web UI bodies moved into the public URL space
 from __future__ import annotations
 
 import logging
-import tempfile
+import threading
 import time
 
 from . import headers as header_policy
 from . import translate
 from .resign import resign_for_upstream
 from .responses import RawResponse, plain
+from .spool import Spool
 from .upstream import CHUNK, ClientBodyError, RequestRefused, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
-#: Request bodies up to this size are spooled in memory, larger ones on disk.
-SPOOL_MEMORY = 1024 * 1024
 #: The largest body length anything on the way can represent (nginx's off_t, Python's sizes).
 MAX_CONTENT_LENGTH = 2**63 - 1
 
@@ -78,25 +77,15 @@ def content_length(environ) -> int | None:
     return 0
 
 
-def request_body(environ) -> object:
+def request_body(environ, spool: Spool) -> object:
     """The body to forward: None without one, ``b""`` when empty, else a sized reader.
 
-    Sized bodies stream as they arrive; a chunked one is spooled first.
+    Sized bodies stream as they arrive; a chunked one is spooled first (:mod:`shim.spool`).
     """
     size = content_length(environ)
     stream = environ["wsgi.input"]
     if size is None:  # chunked: PHP-FPM drops such bodies, so spool it and send a length
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
-        size = 0
-        try:
-            while chunk := stream.read(CHUNK):
-                spool.write(chunk)
-                size += len(chunk)
-        except Exception as exc:  # a malformed or interrupted chunked body
-            spool.close()
-            raise ClientBodyError(f"the chunked request body broke off ({exc.__class__.__name__})") from exc
-        spool.seek(0)
-        return BodyReader(spool, size) if size else b""
+        return spool.take(stream)
     if environ.get("CONTENT_LENGTH") in (None, ""):
         return None
     return BodyReader(stream, size) if size else b""
@@ -136,15 +125,45 @@ def request_origin(request) -> str:
     return f"{scheme}://{host}"
 
 
+class Slots:
+    """A bound on the forwarded requests in flight in one process; beyond it, 503 at once.
+
+    Forwarded requests wait on clients and on the legacy server: an upstream
+    that accepts and never answers, or clients sending a byte every few
+    seconds, would otherwise hold every thread of the worker, and the feed,
+    which needs neither, with them.  0 means no bound.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.busy = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.limit and self.busy >= self.limit:
+                return False
+            self.busy += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.busy -= 1
+
+
 class Forwarder:
     """Sends requests on to the legacy server and relays its answers."""
 
-    def __init__(self, upstream, upstream_prefix: str, keystore, metrics, public_origin: str = ""):
+    def __init__(self, upstream, config, keystore, metrics):
         self.upstream = upstream
-        self.upstream_prefix = upstream_prefix
-        self.public_origin = public_origin
+        self.upstream_prefix = config.upstream_prefix
+        self.public_origin = config.public_origin
         self.keystore = keystore
         self.metrics = metrics
+        self.slots = Slots(config.proxy_max_upstream_requests)
+        self.spool = Spool(
+            config.proxy_max_spooled_body, config.proxy_spool_space, config.proxy_spool_min_free, config.proxy_spool_dir
+        )
 
     def mapping(self, request) -> translate.Mapping:
         """The public and upstream URL spaces of *request*.
@@ -166,14 +185,37 @@ class Forwarder:
         With *unavailable*, the shim could not have answered either: a legacy
         server out of reach is then a 503 (retry later), not a 502.
         """
+        if "degraded" not in request.log.kind:
+            request.log.kind = "proxy"
+        if not self.slots.take():
+            self.metrics.upstream_errors.labels(kind="busy").inc()
+            log.warning(
+                "%d forwarded requests in flight: refusing %s %s",
+                self.slots.busy,
+                request.method,
+                request.loggable_target,
+            )
+            return plain(
+                503,
+                "pydio-shim: too many requests are waiting on the legacy server; retry later",
+                [("Retry-After", "5")],
+            )
+        try:
+            return self._forward(request, body, unavailable)
+        except BaseException:
+            self.slots.give_back()
+            raise
+
+    def _forward(self, request, body, unavailable: bool):
+        """The exchange; the slot is given back when the answer is closed (or here, on a failure)."""
         started = time.perf_counter()
-        request.log.kind = "proxy"
         environ = request.environ
         method = request.method
         mapping = self.mapping(request)
         headers = header_policy.forwarded_headers(environ, request.prefix, request.trusted)
         if body is None:
-            body = request_body(environ)
+            body = request_body(environ, self.spool)
+        spooled = body
         query = request.raw_query
         if mapping.public_prefix != mapping.upstream_prefix:
             query, body = resign_for_upstream(
@@ -188,17 +230,12 @@ class Forwarder:
         try:
             upstream = self.upstream.send(method, target, headers, body)
         except UpstreamError as exc:
-            kind = {504: "timeout", 503: "busy"}.get(exc.status, "unreachable")
-            self.metrics.upstream_errors.labels(kind=kind).inc()
-            self.metrics.proxy_requests.labels(status=str(exc.status)).inc()
-            log.error("upstream %s for %s %s: %s", kind, method, request.loggable_target, exc)
-            if unavailable:
-                return plain(
-                    503,
-                    f"pydio-shim: neither the database nor the legacy server answers ({exc})",
-                    [("Retry-After", "5")],
-                )
-            return plain(exc.status, f"pydio-shim: {exc}")
+            self.slots.give_back()
+            return self._upstream_failed(request, exc, unavailable)
+        finally:
+            close = getattr(spooled, "close", None)
+            if close is not None:  # a spooled body: it has been sent, its space is free again
+                close()
         out_headers = translate.rewrite_response_headers(header_policy.response_headers(upstream.headers), mapping)
         if translate.should_rewrite_body(request.app_path, out_headers, mapping):
             # The body changes length: let the server frame it (chunked).
@@ -207,8 +244,20 @@ class Forwarder:
         send_body = method != "HEAD" and upstream.status not in (204, 304) and not 100 <= upstream.status < 200
 
         def done(up):
+            self.slots.give_back()
             self.metrics.proxy_requests.labels(status=str(up.status)).inc()
             self.metrics.proxy_bytes.inc(up.bytes_sent)
             self.metrics.proxy_latency.observe(time.perf_counter() - started)
 
         return RawResponse(upstream.status, out_headers, ResponseBody(upstream, done, send_body), upstream.reason)
+
+    def _upstream_failed(self, request, exc: UpstreamError, unavailable: bool):
+        kind = {504: "timeout", 503: "busy"}.get(exc.status, "unreachable")
+        self.metrics.upstream_errors.labels(kind=kind).inc()
+        self.metrics.proxy_requests.labels(status=str(exc.status)).inc()
+        log.error("upstream %s for %s %s: %s", kind, request.method, request.loggable_target, exc)
+        if unavailable:
+            return plain(
+                503, f"pydio-shim: neither the database nor the legacy server answers ({exc})", [("Retry-After", "5")]
+            )
+        return plain(exc.status, f"pydio-shim: {exc}")

@@ -88,9 +88,7 @@ class ShimApp:
             config.auth_cache_size,
             clock=clock,
         )
-        self.forward = Forwarder(
-            self.upstream, config.upstream_prefix, self.keystore, self.metrics, config.public_origin
-        )
+        self.forward = Forwarder(self.upstream, config, self.keystore, self.metrics)
         checked = [config.database_url] + ([config.database_feed_url] if config.feed_is_replica else [])
         self.database = DatabaseState(
             [self._engine(url, pooled=False) for url in checked],

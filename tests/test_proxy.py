@@ -26,12 +26,14 @@ import threading
 import time
 
 import pytest
+import requests
 from conftest import USERS
 from gunicorn_helpers import CONF, ROOT, GunicornServer
 
 from shim import config as config_module
 from shim import headers as header_policy
 from shim import proxy
+from shim.spool import Spool
 from shim.upstream import RequestRefused, UpstreamError, check_framing
 from shim.wsgi import create_app
 
@@ -882,11 +884,12 @@ def test_a_bad_setting_stops_gunicorn_at_once_with_one_line():
 
 
 def test_request_body_rejects_a_bad_content_length():
+    spool = Spool()
     for bad in ("-1", "1e3", "²", " 5", str(2**63), "9" * 40):
         with pytest.raises(RequestRefused):
-            proxy.request_body({"CONTENT_LENGTH": bad, "wsgi.input": io.BytesIO(b"")})
-    assert proxy.request_body({"wsgi.input": io.BytesIO(b"")}) is None
-    assert proxy.request_body({"CONTENT_LENGTH": "0", "wsgi.input": io.BytesIO(b"")}) == b""
+            proxy.request_body({"CONTENT_LENGTH": bad, "wsgi.input": io.BytesIO(b"")}, spool)
+    assert proxy.request_body({"wsgi.input": io.BytesIO(b"")}, spool) is None
+    assert proxy.request_body({"CONTENT_LENGTH": "0", "wsgi.input": io.BytesIO(b"")}, spool) == b""
 
 
 @pytest.mark.parametrize("length", [str(2**63), str(2**64 + 5), "9" * 30])
@@ -966,3 +969,98 @@ def test_a_host_header_that_is_not_a_host_name_never_reaches_a_rewritten_url(unt
 def test_a_valid_host_is_kept_in_rewritten_urls(untrusted_shim):
     answer = raw_request(untrusted_shim.port, "GET", "/pydio/", [("Host", "files.example.org:8443")])
     assert b'<base href="http://files.example.org:8443/pydio/"' in answer.body
+
+
+# --- chunked bodies within limits; forwarded requests within bounds ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def capped_shim(standin, tmp_path_factory):
+    spool_dir = tmp_path_factory.mktemp("spool")
+    server = start_shim(
+        standin, PYDIO_SHIM_PROXY_MAX_SPOOLED_BODY=str(2 * 1024 * 1024), PYDIO_SHIM_PROXY_SPOOL_DIR=str(spool_dir)
+    )
+    server.spool_dir = spool_dir
+    yield server
+    server.stop()
+
+
+def test_a_chunked_body_over_the_cap_is_a_413_and_leaves_nothing_behind(capped_shim, standin):
+    standin.log.clear()
+    data = os.urandom(3 * 1024 * 1024)
+    answer = raw_request(
+        capped_shim.port, "POST", "/_standin/echo/big", [("Transfer-Encoding", "chunked")], chunked(data)
+    )
+    assert answer.status == 413 and b"may not exceed 2097152 bytes" in answer.body
+    assert list(standin.log) == []
+    assert list(capped_shim.spool_dir.iterdir()) == []
+    small = os.urandom(1024 * 1024 + 5)  # below the cap: spooled (partly on disk), forwarded with its length
+    info = echo(capped_shim, "POST", "/_standin/echo/ok", [("Transfer-Encoding", "chunked")], chunked(small))
+    assert (info["body_length"], info["body_md5"]) == (len(small), hashlib.md5(small).hexdigest())
+    assert list(capped_shim.spool_dir.iterdir()) == []
+
+
+def test_spooled_bodies_together_stay_within_the_spool_space(standin, tmp_path):
+    server = start_shim(standin, PYDIO_SHIM_PROXY_SPOOL_SPACE=str(1024 * 1024))
+    try:
+        answer = raw_request(
+            server.port,
+            "POST",
+            "/_standin/echo/x",
+            [("Transfer-Encoding", "chunked")],
+            chunked(os.urandom(1024 * 1024 + 1)),
+        )
+        assert answer.status == 503 and b"too many chunked uploads at once" in answer.body
+        assert (
+            echo(server, "POST", "/_standin/echo/y", [("Transfer-Encoding", "chunked")], chunked(b"fits"))[
+                "body_length"
+            ]
+            == 4
+        )  # the space was given back
+    finally:
+        server.stop()
+
+
+def test_an_upload_that_would_fill_the_disk_is_refused(standin):
+    server = start_shim(standin, PYDIO_SHIM_PROXY_SPOOL_MIN_FREE=str(2**62))  # more than any disk has
+    try:
+        answer = raw_request(
+            server.port,
+            "POST",
+            "/_standin/echo/x",
+            [("Transfer-Encoding", "chunked")],
+            chunked(os.urandom(2 * 1024 * 1024)),
+        )
+        assert answer.status == 503 and b"not enough free disk space" in answer.body
+        small = echo(server, "POST", "/_standin/echo/y", [("Transfer-Encoding", "chunked")], chunked(b"in memory"))
+        assert small["body_length"] == 9  # a body that stays in memory takes no disk
+    finally:
+        server.stop()
+
+
+def test_requests_waiting_on_a_silent_upstream_are_bounded_and_cached_feed_polls_keep_answering(standin):
+    """A legacy server that stops answering: at most proxy.max_upstream_requests wait on it, the rest get
+    503 at once, and a feed poll whose authorization is cached is answered by the shim meanwhile."""
+    server = start_shim(standin, PYDIO_SHIM_PROXY_MAX_UPSTREAM_REQUESTS="3", PYDIO_SHIM_LOG_LEVEL="WARNING")
+    alice = ("alice", "alice-secret")
+    try:
+        assert requests.get(server.url + "/api/0/changes/0?stream=true", auth=alice).status_code == 200  # cached
+        waiting = [
+            threading.Thread(target=lambda: requests.get(server.url + "/_standin/slow?s=8", timeout=30))
+            for _ in range(3)
+        ]
+        for thread in waiting:
+            thread.start()
+        time.sleep(1)  # the three are now waiting on the legacy server
+        started = time.monotonic()
+        refused = requests.get(server.url + "/api/0/ls/", auth=alice, timeout=30)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+        assert b"too many requests are waiting on the legacy server" in refused.content
+        poll = requests.get(server.url + "/api/0/changes/0?stream=true", auth=alice, timeout=30)
+        assert poll.status_code == 200 and b"LAST_SEQ" in poll.content
+        assert time.monotonic() - started < 2
+        for thread in waiting:
+            thread.join(30)
+        assert requests.get(server.url + "/api/0/ls/", auth=alice, timeout=30).status_code == 200  # slots back
+    finally:
+        server.stop()
