@@ -300,6 +300,14 @@ class Config:
     )
     server_workers: int = setting(0, "gunicorn worker processes; 0: one per core, at least 2.")
     server_threads: int = setting(32, "Threads per worker process (each carries one request at a time).")
+    server_header_timeout: float = setting(
+        20.0,
+        "Seconds a client has to send a request's whole header block; slower ones are disconnected "
+        "(no thread waits for them).",
+    )
+    server_client_timeout: float = setting(
+        60.0, "Seconds a request body may go without a byte before the request is dropped."
+    )
     metrics_multiprocess_dir: str = setting(
         "", "Where the workers of one server share their metrics. Empty: a new temporary directory per start."
     )

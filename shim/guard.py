@@ -87,6 +87,19 @@ class GuardedBody:
             if not self._cut_connection():
                 raise ConnectionAbortedError("response aborted") from None
 
+    def _end_reading(self) -> None:
+        """The answer is sent; the body the request still carries will not be read (nor drained by the server).
+
+        Refused early (no slot, no spool space), the request's body may still be
+        trickling in: the server would wait on it to keep the connection alive.
+        """
+        sock = self.request.environ.get("gunicorn.socket")
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
     def _cut_connection(self) -> bool:
         """Shut the client connection down under the server's feet; False when the server offers no socket."""
         sock = self.request.environ.get("gunicorn.socket")
@@ -103,6 +116,8 @@ class GuardedBody:
             close = getattr(self.inner, "close", None)
             if close is not None:
                 close()
+            if self.request.unread_body:
+                self._end_reading()
         finally:
             seconds = time.perf_counter() - self.started
             try:

@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 from shim import config as _shim_config
+from shim.gunicorn_worker import ShimThreadWorker
 
 try:
     _config = _shim_config.load()
@@ -38,7 +39,11 @@ control_socket_disable = True
 # process is the unit of concurrency; with threads it would only multiply the
 # per-process caches (authorization, workspaces) and database pools for nothing.
 # At least two, so that a worker being recycled never leaves the port unserved.
-worker_class = "gthread"
+# gthread, with the request headers gathered by the event loop within a deadline
+# and body reads bounded (shim/gunicorn_worker.py): slow clients hold no thread.
+worker_class = "shim.gunicorn_worker.ShimThreadWorker"
+ShimThreadWorker.header_timeout = _config.server_header_timeout
+ShimThreadWorker.client_timeout = _config.server_client_timeout
 workers = _config.server_workers or max(2, multiprocessing.cpu_count())
 threads = _config.server_threads
 

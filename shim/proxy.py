@@ -188,6 +188,7 @@ class Forwarder:
         if "degraded" not in request.log.kind:
             request.log.kind = "proxy"
         if not self.slots.take():
+            request.unread_body = True
             self.metrics.upstream_errors.labels(kind="busy").inc()
             log.warning(
                 "%d forwarded requests in flight: refusing %s %s",

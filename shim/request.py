@@ -67,6 +67,8 @@ class ShimRequest(Request):
         self.prefix = translate.public_prefix(environ, configured_prefix, self.trusted)
         self.app_path = translate.strip_prefix(self.raw_path, self.prefix)
         self.log = LogFields()
+        #: Set when the answer went out before the request's body was read: the connection then ends.
+        self.unread_body = False
 
     @cached_property
     def query_params(self) -> list[tuple[str, str]]:

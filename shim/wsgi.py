@@ -123,6 +123,7 @@ class ShimApp:
         try:
             body = self.dispatch(request)(environ, tracker)
         except RequestRefused as exc:
+            request.unread_body = True  # (part of) the body may still be on its way
             body = plain(exc.status, str(exc))(environ, tracker)
         except Exception as exc:  # nothing was sent yet: the shim's own answer instead
             body = error_answer(request, exc)(environ, tracker)

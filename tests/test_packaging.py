@@ -100,7 +100,7 @@ def test_the_wheel_runs_serve_with_the_shipped_configuration(installed, tmp_path
         # The shipped configuration: one gthread worker per core, at least two (not gunicorn's one sync worker).
         assert len(workers) == max(2, os.cpu_count() or 1)
         text = log.read_text()
-        assert "Using worker: gthread" in text
+        assert "Using worker: shim.gunicorn_worker.ShimThreadWorker" in text
         requests.get(f"http://127.0.0.1:{port}/_shim/health?auth_token=SECRET", timeout=5)
         deadline = time.monotonic() + 5
         while "INFO shim.access:" not in log.read_text():  # the shim's own access log is on
