@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from . import db
 from .cache import TTLCache
 from .phpcompat import signed_path_is_utf8, signed_uri, trim
+from .phpcompat import user_id as pydio_user_id
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +194,12 @@ def authenticate(
         user_id, private = found
         if not hash_is_valid(credentials.token, credentials.auth_hash, signed_path, private):
             return None
-        return Principal("token", user_id, _keyed("token", credentials.token), token=credentials.token, private=private)
+        # Pydio logs the token's USER_ID in like a typed login: trimmed, lower-cased.
+        key = _keyed("token", credentials.token)
+        return Principal("token", pydio_user_id(user_id), key, token=credentials.token, private=private)
     if "auth_token" in params or "auth_hash" in params:
         return None
     basic = basic_login(authorization)
     if basic is None or authorization is None:
         return None
-    return Principal("basic", basic[0], _keyed("basic", authorization), authorization=authorization)
+    return Principal("basic", pydio_user_id(basic[0]), _keyed("basic", authorization), authorization=authorization)

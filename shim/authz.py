@@ -122,7 +122,13 @@ class Authorizer:
         return FORWARD, False
 
     def _identity(self, login: str) -> tuple[str | None, str | None]:
-        """The login exactly as stored, and its group path; (None, None) if they do not match."""
+        """The user id, as stored, and its group path; (None, None) when no row holds exactly that id.
+
+        *login* is already Pydio's user id (trimmed, lower-cased).  A stored login
+        that differs from it (``Dev1``, found by a case-insensitive collation) is a
+        user Pydio half-loads (its personal role is not attached): the shim does
+        not guess what the legacy server then allows, it forwards.
+        """
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(db.users.c.login, db.users.c.groupPath).where(db.users.c.login == login)

@@ -13,8 +13,10 @@ loop, quirks included: rows grouped by node rather than in seq order, the
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -41,6 +43,27 @@ FETCH_ROWS = 1000
 # "javascript:"...).  Anything else is forwarded so PHP answers it.
 _SIMPLE_FILTER = re.compile(r'^(/[^/\x00-\x1f"|?\\<>&:]+)+$')
 _NUMERIC_BEYOND_INT = re.compile(r"^\s*[+-]?(\d+[.eE]|\.\d)")
+
+
+class _SeenOnce:
+    """Which skipped rows this process has logged already (a bounded set: one warning per row, not per poll)."""
+
+    def __init__(self, size: int = 10000):
+        self.size = size
+        self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_time(self, seq: int) -> bool:
+        with self._lock:
+            if seq in self._seen:
+                return False
+            self._seen[seq] = None
+            if len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+            return True
+
+
+SKIPPED = _SeenOnce()
 
 
 class FeedError(Exception):
@@ -325,6 +348,7 @@ class FeedStream:
         self.params = params
         self.recycle_bin = recycle_bin
         self.rows_sent = 0
+        self.rows_skipped = 0
         self._exhausted = False
         self.very_last = 0  # MAX(seq) of the table read, once known
         self._conn = None
@@ -366,9 +390,14 @@ class FeedStream:
                 if not _printable(row):
                     # PHP's json_encode fails on invalid UTF-8 and prints nothing
                     # for the row; printing nothing at all keeps the output valid.
-                    log.warning(
-                        "feed: skipped change seq=%s node_id=%s: a path is not valid UTF-8", row["seq"], row["node_id"]
-                    )
+                    self.rows_skipped += 1
+                    if SKIPPED.first_time(row["seq"]):
+                        log.warning(
+                            "feed: skipped change seq=%s node_id=%s: a path is not valid UTF-8 (logged once; "
+                            "counted in shim_feed_rows_skipped_total)",
+                            row["seq"],
+                            row["node_id"],
+                        )
                     continue
                 text = json_encode(row)
                 if sent_any:

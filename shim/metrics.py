@@ -35,6 +35,11 @@ class Metrics:
             "shim_feed_duration_seconds", "Time to send a whole feed answer", buckets=LATENCY_BUCKETS, registry=r
         )
         self.feed_rows = Counter("shim_feed_rows_total", "Change rows sent by the shim", registry=r)
+        self.feed_rows_skipped = Counter(
+            "shim_feed_rows_skipped_total",
+            "Change rows left out of a feed because their text is not valid UTF-8",
+            registry=r,
+        )
         self.feed_degraded = Counter(
             "shim_feed_degraded_total", "Feed requests forwarded because the database was out of reach", registry=r
         )

@@ -83,6 +83,23 @@ def php_param_name(name: str) -> str:
     return name.replace(".", "_").replace(" ", "_").split("[", 1)[0]
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def strtolower(text: str) -> str:
+    """PHP 7's ``strtolower()`` in the C locale: ASCII letters only (``É`` stays ``É``)."""
+    return text.translate(_ASCII_LOWER)
+
+
+def user_id(login: str) -> str:
+    """The user id Pydio's auth.sql driver makes of a login: trimmed, then ASCII lower case.
+
+    auth.sql always runs with ``CASE_SENSITIVE`` off, so ``DEV1`` is user ``dev1``
+    before any query: the id in every identifier, role and cache key.
+    """
+    return strtolower(trim(login))
+
+
 def trim(text: str) -> str:
     """PHP ``trim()`` with its default characters."""
     return text.strip(TRIM_CHARS)

@@ -236,12 +236,22 @@ def should_rewrite_body(app_path: str, headers: list[tuple[str, str]], mapping: 
 def rewrite_body_urls(chunks, mapping: Mapping):
     """Stream *chunks* replacing the upstream origin+prefix by the public one.
 
-    Both the plain form and the JSON form with escaped slashes are replaced.
-    A tail as long as the longest pattern is held back between chunks so a URL
-    split across chunks is still found; memory stays constant.
+    Both the plain form and the JSON form with escaped slashes are replaced, and
+    the boot page's ``<base href="/prefix/"/>`` (Pydio writes it as a path, not
+    a URL).  A tail as long as the longest pattern is held back between chunks
+    so a URL split across chunks is still found; memory stays constant.
     """
     plain_old, plain_new = mapping.upstream_base.encode(), mapping.public_base.encode()
-    replacements = {plain_old: plain_new, plain_old.replace(b"/", b"\\/"): plain_new.replace(b"/", b"\\/")}
+    replacements = {
+        plain_old: plain_new,
+        plain_old.replace(b"/", b"\\/"): plain_new.replace(b"/", b"\\/"),
+        b'<base href="%s/' % mapping.upstream_prefix.encode(): b'<base href="%s/' % mapping.public_prefix.encode(),
+    }
+    # Without an origin on either side a URL has no fixed start to look for: paths only then.
+    replacements = {old: new for old, new in replacements.items() if old not in (b"", b"\\/") and old != new}
+    if not replacements:
+        yield from chunks
+        return
     # Not followed by a host or port character: http://h:80 must not match http://h:8080.
     pattern = re.compile(b"(?:" + b"|".join(re.escape(old) for old in replacements) + b")(?![A-Za-z0-9.:-])")
     keep = max(len(old) for old in replacements)  # one more byte for the look-ahead

@@ -173,6 +173,8 @@ class ShimApp:
             request.log.rows = stream.rows_sent
             self.metrics.feed_requests.labels(status=str(request.log.status)).inc()
             self.metrics.feed_rows.inc(stream.rows_sent)
+            if stream.rows_skipped:
+                self.metrics.feed_rows_skipped.inc(stream.rows_skipped)
             self.metrics.feed_latency.observe(seconds)
 
 

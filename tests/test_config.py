@@ -320,3 +320,17 @@ def test_public_origin(tmp_path):
     )
     for bad in ("files.example.org", "https://h/pydio", "ftp://h", "https://h?x"):
         assert error(tmp_path, f'[public]\norigin = "{bad}"').startswith("setting public.origin: expected")
+
+
+def test_one_configuration_path_everywhere():
+    """README, docs and examples name the configuration file at one place."""
+    texts = {
+        p: p.read_text()
+        for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "conf").iterdir())]
+        if p.is_file()
+    }
+    for path, text in texts.items():
+        assert "/etc/pydio-shim.toml" not in text, f"{path.name} names another configuration path"
+    assert config.DEFAULT_CONFIG_PATH == "/etc/pydio-shim/shim.toml"
+    assert config.DEFAULT_CONFIG_PATH in texts[ROOT / "README.md"]
+    assert config.DEFAULT_CONFIG_PATH in texts[ROOT / "conf" / "pydio-shim.service"]

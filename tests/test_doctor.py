@@ -599,3 +599,16 @@ def test_text_report_has_one_line_per_check(tmp_path, db_url, capsys):
         f"1 failed, {statuses.count('skipped')} skipped"
     )
     assert "checking upstream reachable... failed\n" in err  # progress on stderr, not a terminal: kept
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_the_default_shim_url_comes_from_server_bind(stack, tmp_path, db_url, capsys, monkeypatch):
+    """Without --shim-url the doctor asks the shim where server.bind says it listens (0.0.0.0 read as loopback)."""
+    legacy = stack.legacy(db_url)
+    first = write_config(tmp_path / "first.toml", legacy.url, db_url)
+    shim_url = stack.shim(first)
+    port = shim_url.rsplit(":", 1)[1]
+    config_path = write_config(tmp_path / "shim.toml", legacy.url, db_url, extra=f'[server]\nbind = "0.0.0.0:{port}"\n')
+    status, by_check, _ = run_doctor(capsys, config_path, monkeypatch=monkeypatch)
+    assert by_check["shim"]["status"] == "ok", by_check["shim"]
+    assert by_check["shim"]["title"] == f"shim answering at http://127.0.0.1:{port}"

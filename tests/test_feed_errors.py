@@ -494,3 +494,20 @@ def test_a_character_the_genuine_utf8mb3_tables_cannot_compare_is_forwarded(empt
         server.stop()
         legacy.stop()
         standin.engine.dispose()
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_a_skipped_row_is_logged_once_and_counted_every_time(standin, shim, db_url, caplog):
+    """One client polling a feed with an unprintable row: one warning in all, a metric that counts each skip."""
+    app, url = shim
+    insert_raw_paths(db_url, ["/before.txt", ("text", b"/latin1-caf\xe9.txt")])
+    feed.SKIPPED.__init__()  # this process has not seen the row yet, whatever ran before
+    caplog.set_level("WARNING", logger="shim.feed")
+    for _ in range(5):
+        assert requests.get(f"{url}/api/1/changes/0/?stream=true", auth=ALICE, timeout=30).status_code == 200
+    warnings = [r for r in caplog.records if "skipped change" in r.getMessage()]
+    assert len(warnings) == 1
+    deadline = time.monotonic() + 5
+    while "shim_feed_rows_skipped_total 5.0" not in requests.get(url + "/_shim/metrics").text:
+        assert time.monotonic() < deadline, requests.get(url + "/_shim/metrics").text
+        time.sleep(0.05)

@@ -968,7 +968,7 @@ def test_a_host_header_that_is_not_a_host_name_never_reaches_a_rewritten_url(unt
 
 def test_a_valid_host_is_kept_in_rewritten_urls(untrusted_shim):
     answer = raw_request(untrusted_shim.port, "GET", "/pydio/", [("Host", "files.example.org:8443")])
-    assert b'<base href="http://files.example.org:8443/pydio/"' in answer.body
+    assert b'"http://files.example.org:8443/pydio/index.php"' in answer.body
 
 
 # --- chunked bodies within limits; forwarded requests within bounds ---------------------------------
@@ -1064,3 +1064,20 @@ def test_requests_waiting_on_a_silent_upstream_are_bounded_and_cached_feed_polls
         assert requests.get(server.url + "/api/0/ls/", auth=alice, timeout=30).status_code == 200  # slots back
     finally:
         server.stop()
+
+
+def test_a_path_php_would_not_route_is_forwarded_as_sent(untrusted_shim, standin):
+    """Under /pydio, //api/... is not PHP's API: it gets the legacy server's answer, not the feed."""
+    standin.log.clear()
+    answer = raw_request(
+        untrusted_shim.port,
+        "GET",
+        "/pydio//api/default/changes/0?stream=true",
+        [("Authorization", "Basic " + base64.b64encode(b"alice:alice-secret").decode())],
+    )
+    assert answer.status == 404 and b"LAST_SEQ" not in answer.body, (
+        answer.status,
+        answer.body[:200],
+        list(standin.log),
+    )
+    assert list(standin.log) == [("GET", "//api/default/changes/0?stream=true")]

@@ -136,3 +136,23 @@ def test_body_head_resigned_in_place(kind):
         good.replace(":", "%3A").encode(), client_hash("tok", "priv", "/x").replace(":", "%3A").encode()
     )
     assert resign.resign_body_head(other, ctype, "/pydio/api/0/upload/put/docs", "/api/0/upload/put/docs", ks) == other
+
+
+@pytest.mark.parametrize("pub,up", [("/pydio", ""), ("", "/pydio"), ("/pub", "/legacy")])
+def test_the_boot_page_base_moves_with_the_prefix(pub, up):
+    """Pydio 8.2.5's boot page carries <base href="{prefix}/"/>, a path: it must name the public prefix."""
+    m = Mapping("https://files.example.org", pub, "http://127.0.0.1:8081", up)
+    page = (f'<html><head>\n    <base href="{up}/"/>\n<title>Pydio</title><a href="{up}/ws-files/">files</a>').encode()
+    for size in (1, 5, 4096):
+        chunks = [page[i : i + size] for i in range(0, len(page), size)]
+        out = b"".join(translate.rewrite_body_urls(chunks, m))
+        assert f'<base href="{pub}/"/>'.encode() in out
+        assert f'<a href="{up}/ws-files/">'.encode() in out  # other paths are left alone
+
+
+def test_no_origin_and_no_prefix_change_leaves_a_body_as_it_is():
+    m = Mapping("", "/pydio", "", "")
+    body = [b'<base href="/"/> /api/x http://h/y']
+    assert b"".join(translate.rewrite_body_urls(body, m)) == b'<base href="/pydio/"/> /api/x http://h/y'
+    same = Mapping("", "", "", "")
+    assert b"".join(translate.rewrite_body_urls([b"abc"], same)) == b"abc"

@@ -24,13 +24,34 @@ from .standin import LegacyStandin
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"
 
 
+def _raw_target_handler():
+    from werkzeug.serving import WSGIRequestHandler
+
+    class RawTargetHandler(WSGIRequestHandler):
+        """Werkzeug's handler, with ``REQUEST_URI`` the request target exactly as sent.
+
+        Python's http.server turns ``//api/x`` into ``/api/x`` (and Werkzeug would
+        read it as a host and a path); a web server in front of PHP gives PHP
+        the target untouched, so the stand-in must see it so too.
+        """
+
+        def make_environ(self):
+            environ = super().make_environ()
+            parts = self.requestline.split(" ")
+            if len(parts) == 3:
+                environ["REQUEST_URI"] = environ["RAW_URI"] = parts[1]
+            return environ
+
+    return RawTargetHandler
+
+
 class ServerThread:
     """Serve a WSGI app on a free loopback port in a daemon thread (tests, demo)."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
         from werkzeug.serving import make_server
 
-        self.server = make_server(host, port, app, threaded=True)
+        self.server = make_server(host, port, app, threaded=True, request_handler=_raw_target_handler())
         self.port = self.server.server_port
         self.url = f"http://{host}:{self.port}"
         # A short poll interval: stopping the server waits for one poll.

@@ -29,7 +29,7 @@ import shutil
 import threading
 import time
 from datetime import UTC, datetime
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 import sqlalchemy as sa
 from werkzeug.formparser import parse_form_data
@@ -40,6 +40,7 @@ from .. import db, schema
 from . import legacy_feed
 from .pydio_store import PydioStore, StandinWorkspace, check_password
 
+_ASCII_LOWER = {ord(c): ord(c) + 32 for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
 REALM_HEADER = 'Basic realm="Pydio API"'
 NOT_AUTHORIZED = b"You are not authorized to access this API."
 HTML = "text/html; charset=UTF-8"
@@ -104,7 +105,7 @@ class LegacyStandin:
     def __call__(self, environ, start_response):
         request = Request(environ)
         raw_uri = environ.get("REQUEST_URI") or environ.get("RAW_URI") or request.full_path
-        path = urlsplit(raw_uri).path
+        path = raw_uri.split("?", 1)[0]  # as PHP's router reads REQUEST_URI (urlsplit would take //x for a host)
         self.log.append((request.method, raw_uri))
         if self.drop_authorization:
             environ.pop("HTTP_AUTHORIZATION", None)
@@ -145,8 +146,9 @@ class LegacyStandin:
     def boot_page(self, request: Request) -> Response:
         base = self.own_base_url(request)
         user = self.sessions.get(request.cookies.get("AjaXplorer", ""))
+        # Pydio 8.2.5 writes its base as a path, self-closing: <base href="/pydio/"/>.
         html = (
-            f'<!DOCTYPE html><html><head><base href="{base}"><title>Pydio</title>'
+            f'<!DOCTYPE html><html><head><base href="{self.prefix}/"/><title>Pydio</title>'
             f'<script>window.ajxpServerAccess = "{base}index.php";</script></head>'
             f'<body data-user="{user or ""}"><a href="{base}login">login</a></body></html>'
         )
@@ -190,14 +192,15 @@ class LegacyStandin:
                 message = f"{php_signed_uri(path)}:{nonce}:{data['PRIVATE']}"
                 expected = hmac.new(token.encode(), message.encode(), hashlib.sha256).hexdigest()
                 if hmac.compare_digest(expected.encode(), given.encode()):
-                    return data["USER_ID"]
+                    return data["USER_ID"].strip().translate(_ASCII_LOWER)
             return None
         try:
             auth = request.authorization
         except ValueError:  # non-ASCII "base64": PHP's lenient decoding yields no valid user either
             auth = None
         if auth and auth.type == "basic" and auth.username is not None:
-            login = auth.username.strip()
+            # auth.sql: CASE_SENSITIVE is off, the login is trimmed and lower-cased (ASCII) before any query.
+            login = auth.username.strip(" \t\n\r\0\x0b").translate(_ASCII_LOWER)
             if "\0" in login:  # no user is called that (and PostgreSQL refuses a NUL in a query)
                 return None
             with self.engine.connect() as conn:
@@ -225,7 +228,7 @@ class LegacyStandin:
         node_path = "/" + unquote(parts[2], errors="surrogateescape") if len(parts) > 2 else ""
         params = self.params(request)
         login = self.authenticate(
-            request, params, urlsplit(request.environ.get("REQUEST_URI") or request.full_path).path
+            request, params, (request.environ.get("REQUEST_URI") or request.full_path).split("?", 1)[0]
         )
         with self._lock:
             self.calls[action] += 1
