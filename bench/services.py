@@ -283,7 +283,7 @@ class Stack:
         return pids_named("mariadbd") or pids_named("mysqld")
 
     def shim_env(self, gunicorn_args: str | None = None, settings: dict | None = None) -> dict:
-        """The environment of the shim: this run's services, a warm-cache TTL, *gunicorn_args*.
+        """The environment of the shim: this run's services with the default settings, *gunicorn_args*.
 
         *settings* are further ``PYDIO_SHIM_*`` variables (e.g. a pool size to compare).
         """
@@ -294,7 +294,6 @@ class Stack:
         env.update(
             PYDIO_SHIM_UPSTREAM_URL=self.legacy_url,
             PYDIO_SHIM_DATABASE_URL=self.database_url,
-            PYDIO_SHIM_AUTH_CACHE_TTL="300",
         )
         env.update(settings or {})
         if gunicorn_args:

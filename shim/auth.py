@@ -33,8 +33,6 @@ from .phpcompat import user_id as pydio_user_id
 
 log = logging.getLogger(__name__)
 
-#: A seq above any real table's MAX: the probe costs the legacy server one MAX query.
-PROBE_SEQ = 2**53 - 1
 _MAX_CREDENTIAL = 4096
 _HEX = frozenset("0123456789abcdefABCDEF")
 # Key-store tokens are generated alphanumeric; a token outside the URL-unreserved
@@ -136,11 +134,17 @@ def sign(token: str, private: str, path: str) -> str:
 
 
 class KeyStore:
-    """Reads key-store rows (``ajxp_simple_store``), with a short TTL cache."""
+    """Reads key-store rows (``ajxp_simple_store``).
 
-    def __init__(self, engine, ttl: float = 30.0, max_entries: int = 10000, clock=None):
+    With a *watch*, a lookup is reused while the watched tables keep their
+    generation (a deleted or added token changes it), at most *max_age*
+    seconds; without one, every lookup reads.
+    """
+
+    def __init__(self, engine, watch=None, max_age: float = 3600.0, max_entries: int = 10000, clock=None):
         self.engine = engine
-        self.ttl = ttl
+        self.watch = watch
+        self.max_age = max_age
         self._cache = TTLCache(max_entries, clock)
 
     def lookup(self, token: str) -> tuple[str, str] | None:
@@ -149,9 +153,10 @@ class KeyStore:
         Tokens restricted to an admin task or an IP are left to the legacy
         server (returns None, so the request is forwarded).
         """
+        generation = self.watch.generation() if self.watch is not None else None
         key = _keyed("token", token)
         hit = self._cache.get(key)
-        if hit is not None:
+        if hit is not None and generation is not None and hit[1] == generation:
             return hit[0]
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -173,7 +178,8 @@ class KeyStore:
                 and not data.get("RESTRICT_TO_IP")
             ):
                 result = (data["USER_ID"], data["PRIVATE"])
-        self._cache.put(key, (result,), self.ttl if result else min(self.ttl, 2.0))
+        if generation is not None:
+            self._cache.put(key, (result, generation), self.max_age)
         return result
 
 

@@ -123,24 +123,24 @@ class ChangesEndpoint:
             workspace = None if ws_key == "pydio" else app.workspaces.resolve(ws_key)
         except OptionError:
             raise Declined from None
-        if workspace is None or not workspace.syncable:
+        if workspace is None or not workspace.syncable or workspace.forward_reason:
             raise Declined
         request.log.kind = "feed"
+
+        def client_headers():
+            return header_policy.client_identity_headers(request.environ, request.prefix, request.trusted)
+
         try:
             # The probe names the workspace by the id the shim resolved, never as the
             # client spelled it: a slug may have moved to another workspace since the
             # shim last looked it up, and the answer must be about the rows it sends.
-            decision, hit = app.authorizer.decide(
-                poll.principal,
-                workspace.id,
-                lambda: header_policy.client_identity_headers(request.environ, request.prefix, request.trusted),
-            )
+            decision, how = app.authorizer.decide(poll.principal, workspace.id, client_headers)
         except UpstreamError as exc:
             app.metrics.upstream_errors.labels(kind="probe").inc()
             log.error("auth probe failed: %s", exc)
             return plain(exc.status, f"pydio-shim: the legacy server could not confirm access ({exc})")
-        request.log.cache = "hit" if hit else "miss"
-        app.metrics.auth_cache.labels(result=request.log.cache).inc()
+        request.log.cache = how
+        app.metrics.auth_cache.labels(result=how).inc()
         if decision.response is not None:
             status, legacy_headers, denial = decision.response
             app.metrics.feed_requests.labels(status=str(status)).inc()
@@ -149,6 +149,7 @@ class ChangesEndpoint:
         identifier = workspace.identifier(decision.login, decision.group_path) if decision.allowed else None
         if identifier is None:
             raise Declined
+        self.observe(workspace, decision, poll.principal, how, client_headers)
         stream = feed.FeedStream(app.feed_engine, identifier, poll.params, workspace.recycle_bin)
         if app.config.feed_is_replica and poll.params.seq > stream.very_last:
             # A client ahead of the replica (it lags the primary): answering would
@@ -159,6 +160,22 @@ class ChangesEndpoint:
         # The first piece is read here, so that a database failing at the first
         # fetch is still this request's to forward.
         return RawResponse(200, [("Content-Type", feed.CONTENT_TYPE)], stream.primed())
+
+    def observe(self, workspace, decision, principal, how: str, client_headers) -> None:
+        """Keep the workspace's storage observation going (:mod:`shim.observe`), if it has one."""
+        intervals = [e for e in (workspace.observe_every, decision.observe_every) if e is not None]
+        if not intervals:
+            return
+        observer, key = self.app.observer, self.app.observer.key(workspace, decision.login)
+        if how == "miss":  # the probe was a changes call: the legacy server just ran its own check
+            observer.called(key)
+            return
+        cache_key = (principal.cache_key, workspace.id)
+
+        def refused():
+            self.app.authorizer.drop(cache_key, ["observation_refused"], decision.login)
+
+        observer.served(key, min(intervals), workspace.id, principal, client_headers, refused)
 
     def understand(self, request, seq: str, params: dict, body: bytes | None) -> Poll:
         """The request's parameters and principal, or :class:`Declined`."""

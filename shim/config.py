@@ -252,15 +252,26 @@ class Config:
     database_pool_size: int = setting(
         16, "Connections kept open per worker process and per database (as many again at busy moments)."
     )
-    auth_cache_ttl: float = setting(
-        30.0, "Seconds an allowed answer of the legacy server is reused before asking again. 0 asks every time."
+    auth_check_interval: float = setting(
+        1.0,
+        "Seconds between two checks, per worker process, whether a table the legacy decisions depend on "
+        "changed; a change reaches every poll that starts that long after it.",
+    )
+    auth_max_age: float = setting(
+        3600.0,
+        "Seconds the legacy server's answer is kept at most, even with its rows unchanged (for settings kept "
+        "in files). 0 asks every time.",
     )
     auth_deny_cache_ttl: float = setting(2.0, "Seconds a refusal of the legacy server is reused (at most 5).")
+    auth_max_probes: int = setting(
+        8,
+        "Authorization requests one worker process sends the legacy server at once; beyond it, feed "
+        "requests are forwarded.",
+    )
     auth_cache_size: int = setting(
         10000,
         "Entries kept per worker process in the authorization and key-store caches (least recently used dropped).",
     )
-    workspaces_cache_ttl: float = setting(10.0, "Seconds a workspace definition read from the database is reused.")
     proxy_trusted_proxies: tuple[str, ...] = setting(
         ("127.0.0.1", "::1"),
         "Addresses or networks whose X-Forwarded-* headers are believed (the proxy in "
@@ -494,6 +505,17 @@ def _read_file(path: str) -> dict:
         raise ConfigError(f"configuration file {path}: not valid TOML ({exc})") from None
 
 
+#: Settings of earlier versions, and what took their place.
+REPLACED = {
+    "auth.cache_ttl": "auth.max_age: a decision now lasts while the rows it depends on are unchanged",
+    "workspaces.cache_ttl": "auth.max_age: a workspace is read again as soon as its rows change",
+}
+
+
+def _replaced(name: str, where: str) -> ConfigError:
+    return ConfigError(f"setting {where}: replaced by {REPLACED[name]}; remove it")
+
+
 def _from_file(data: dict) -> tuple[dict, dict[str, str]]:
     """``(field values, field -> setting name)`` from the parsed file."""
     values: dict = {}
@@ -503,6 +525,9 @@ def _from_file(data: dict) -> tuple[dict, dict[str, str]]:
         if section == WORKSPACES_SECTION:
             values[WORKSPACES_FIELD] = _workspaces(content)
             continue
+        for key in content if isinstance(content, dict) else ():
+            if f"{section}.{key}" in REPLACED:
+                raise _replaced(f"{section}.{key}", f"{section}.{key}")
         if section not in sections:
             raise ConfigError(f"setting {section}: unknown section")
         if not isinstance(content, dict):
@@ -525,6 +550,10 @@ def load(path: str | None = None, environ: typing.Mapping[str, str] | None = Non
     environ = os.environ if environ is None else environ
     path = path or environ.get(ENV_PREFIX + "CONFIG") or None
     values, names = _from_file(_read_file(path)) if path else ({}, {})
+    for name in REPLACED:
+        env = ENV_PREFIX + name.replace(".", "_").upper()
+        if env in environ:
+            raise _replaced(name, env)
     for s in SETTINGS:
         if s.env in environ:
             values[s.field] = _coerce(s.env, s, environ[s.env])

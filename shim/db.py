@@ -11,6 +11,7 @@ password masked.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -233,11 +234,30 @@ def _is_local(url) -> bool:
     return url.host in (None, "", "localhost", "127.0.0.1", "::1") or "unix_socket" in url.query
 
 
+class _RowDigest:
+    """``shim_digest(col, ...)``: an order-independent digest of rows, the sum of a 60-bit hash per row.
+
+    What MySQL and PostgreSQL compute with MD5 for :mod:`shim.changewatch`;
+    SQLite has no hash function, so the shim registers this one.
+    """
+
+    def __init__(self):
+        self.total = 0
+
+    def step(self, *values):
+        digest = hashlib.blake2b(repr(values).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        self.total = (self.total + (int.from_bytes(digest, "big") >> 4)) % (1 << 62)
+
+    def finalize(self):
+        return self.total
+
+
 def _sqlite_on_connect(dbapi_connection, _record):
     # Pydio's PHP writes and the shim reads the same file: WAL lets a long feed
     # read run beside writers.  Bytes that are not UTF-8 must not crash a read
     # (the feed skips such rows), so decode leniently and let the feed check.
     dbapi_connection.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+    dbapi_connection.create_aggregate("shim_digest", -1, _RowDigest)
     try:
         dbapi_connection.execute("PRAGMA journal_mode=WAL")
     except Exception:  # read-only or in-memory databases keep their mode

@@ -53,7 +53,31 @@ class Metrics:
             "shim_proxy_response_bytes_total", "Response body bytes relayed from upstream", registry=r
         )
         self.auth_cache = Counter(
-            "shim_auth_cache_total", "Authorization decisions, by cache result", ["result"], registry=r
+            "shim_auth_cache_total",
+            "Authorization decisions: hit, revalidated (rows checked, unchanged), miss (asked), shared, busy",
+            ["result"],
+            registry=r,
+        )
+        self.auth_probes = Counter(
+            "shim_auth_probes_total", "Authorization requests to the legacy server, by answer", ["answer"], registry=r
+        )
+        self.auth_dropped = Counter(
+            "shim_auth_dropped_total",
+            "Decisions dropped, by reason: the part of their rows that changed, or their age",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_table_checks = Counter(
+            "shim_auth_table_checks_total", "Checks whether an authorization table changed", registry=r
+        )
+        self.auth_tables_changed = Counter(
+            "shim_auth_tables_changed_total", "Authorization tables found changed, by table", ["table"], registry=r
+        )
+        self.storage_observations = Counter(
+            "shim_storage_observations_total",
+            "changes calls sent on behalf of clients so the legacy server rescans observed storage, by answer",
+            ["answer"],
+            registry=r,
         )
         self.upstream_errors = Counter("shim_upstream_errors_total", "Upstream failures, by kind", ["kind"], registry=r)
 

@@ -2,9 +2,9 @@
 
 Built-in workspaces come from the configuration (Pydio keeps them in PHP),
 the others from ``ajxp_repo`` / ``ajxp_repo_options``.  A workspace is looked up
-by id first, then by slug, database before built-in, as the legacy server does.  Answers are cached for a
-short, configurable time: a workspace created or changed in the admin UI is
-seen within ``workspaces.cache_ttl`` seconds.
+by id first, then by slug, database before built-in, as the legacy server
+does.  A lookup is reused while :class:`~shim.changewatch.ChangeWatch` sees
+no change in those tables (and at most ``auth.max_age`` seconds).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from . import db
 from .cache import TTLCache
 from .config import BuiltinWorkspace
+from .phpcompat import intval
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ class Workspace:
     scope: str  # "" (shared), "USER" or "GROUP"
     recycle_bin: str
     syncable: bool
+    # Why the shim leaves this workspace's feed to the legacy server (None: it may answer).
+    forward_reason: str | None = None
+    observe_every: float | None = None  # OBSERVE_STORAGE_CHANGES: seconds between storage rescans
 
     def identifier(self, login: str, group_path: str | None) -> str | None:
         """The ``repository_identifier`` of this workspace for a user, or None if unknown."""
@@ -98,6 +102,25 @@ def is_syncable(meta_sources) -> bool:
     return True
 
 
+def observe_interval(options) -> float | None:
+    """Seconds between storage rescans asked by meta.syncable *options*, None when not asked.
+
+    As ChangesTracker reads them: only a boolean ``OBSERVE_STORAGE_CHANGES``
+    counts, ``OBSERVE_STORAGE_EVERY`` is in minutes (5 when unset, PHP intval).
+    """
+    if not isinstance(options, dict) or options.get("OBSERVE_STORAGE_CHANGES") is not True:
+        return None
+    minutes = options.get("OBSERVE_STORAGE_EVERY")
+    if minutes is None:
+        return 300.0
+    return 60.0 * (minutes if isinstance(minutes, int) else intval(str(minutes)))
+
+
+def sync_options(meta_sources) -> dict:
+    options = meta_sources.get("meta.syncable") if isinstance(meta_sources, dict) else None
+    return options if isinstance(options, dict) else {}
+
+
 def from_builtin(ws: BuiltinWorkspace) -> Workspace:
     return Workspace(
         id=ws.id,
@@ -109,12 +132,17 @@ def from_builtin(ws: BuiltinWorkspace) -> Workspace:
 
 
 class WorkspaceResolver:
-    """Finds workspaces by id or slug; thread-safe, with a small TTL cache."""
+    """Finds workspaces by id or slug; thread-safe.
 
-    def __init__(self, engine, builtins, ttl: float = 10.0, max_entries: int = 1000, clock=None):
+    With a *watch*, lookups are reused while the watched tables keep their
+    generation (and at most *max_age* seconds); without one, every call reads.
+    """
+
+    def __init__(self, engine, builtins, watch=None, max_age: float = 3600.0, max_entries: int = 1000, clock=None):
         self.engine = engine
         self.builtins = [from_builtin(w) for w in builtins]
-        self.ttl = ttl
+        self.watch = watch
+        self.max_age = max_age
         self._cache = TTLCache(max_entries, clock)
 
     def resolve(self, key: str) -> Workspace | None:
@@ -123,11 +151,14 @@ class WorkspaceResolver:
         Raises :class:`sqlalchemy.exc.SQLAlchemyError` when the database fails and
         :class:`OptionError` when its options cannot be read; callers forward then.
         """
+        if self.watch is None:
+            return self._lookup(key)
+        generation = self.watch.generation()
         hit = self._cache.get(key)
-        if hit is not None:
+        if hit is not None and hit[1] == generation:
             return hit[0]
         found = self._lookup(key)
-        self._cache.put(key, (found,), self.ttl)
+        self._cache.put(key, (found, generation), self.max_age)
         return found
 
     def _lookup(self, key: str) -> Workspace | None:
@@ -173,10 +204,21 @@ class WorkspaceResolver:
         recycle = options.get("RECYCLE_BIN", "")
         if not recycle and parent_is_template:
             recycle = parent_options.get("RECYCLE_BIN", "")  # options not set are read from the template
+        meta_sources = options.get("META_SOURCES")
+        sync = sync_options(meta_sources)
+        forward_reason = None
+        if row["enabled"] is not None and not row["enabled"]:
+            # Pydio 8.2.5 reads this column and never uses it: the legacy server says what it means.
+            forward_reason = "the workspace is marked disabled"
+        elif sync.get("REQUIRES_INDEXATION"):
+            # The next changes call indexes it and clears the flag: that call is the legacy server's.
+            forward_reason = "the workspace awaits its first indexation"
         return Workspace(
             id=row["uuid"],
             slug=row["slug"] or row["uuid"],
             scope=scope,
             recycle_bin=recycle if isinstance(recycle, str) else "",
-            syncable=is_syncable(options.get("META_SOURCES")),
+            syncable=is_syncable(meta_sources),
+            forward_reason=forward_reason,
+            observe_every=observe_interval(sync),
         )

@@ -33,9 +33,12 @@ from werkzeug.routing import Map, Rule
 from . import auth, authz, db, denylist, health
 from . import config as config_module
 from .changes import ChangesEndpoint
+from .changewatch import ChangeWatch
 from .dbstate import DatabaseState
+from .fingerprint import Fingerprints
 from .guard import GuardedBody, StatusTracker, error_answer
 from .metrics import Metrics
+from .observe import StorageObserver
 from .proxy import Forwarder
 from .request import ShimRequest, Trust
 from .responses import plain
@@ -78,16 +81,31 @@ class ShimApp:
         self.upstream = upstream or make_upstream(config)
         self.metrics = Metrics()
         self.trust = Trust(config.proxy_trusted_proxies)
-        self.workspaces = WorkspaceResolver(self.engine, config.workspaces, config.workspaces_cache_ttl, clock=clock)
-        self.keystore = auth.KeyStore(self.engine, config.auth_cache_ttl, config.auth_cache_size, clock=clock)
-        self.authorizer = authz.Authorizer(
+        # What the cached decisions, workspaces and tokens depend on, checked once per interval.
+        self.watch = ChangeWatch(
             self.engine,
-            authz.Prober(self.upstream, config.upstream_prefix),
-            config.auth_cache_ttl,
-            config.auth_deny_cache_ttl,
-            config.auth_cache_size,
-            clock=clock,
+            config.auth_check_interval,
+            clock,
+            self.metrics,
+            wait_limit=(config.database_connect_timeout + config.database_read_timeout) or 60.0,
         )
+        self.workspaces = WorkspaceResolver(
+            self.engine, config.workspaces, self.watch, config.auth_max_age, clock=clock
+        )
+        self.keystore = auth.KeyStore(self.engine, self.watch, config.auth_max_age, config.auth_cache_size, clock)
+        prober = authz.Prober(self.upstream, config.upstream_prefix)
+        self.authorizer = authz.Authorizer(
+            Fingerprints(self.engine),
+            self.watch,
+            prober,
+            max_age=config.auth_max_age,
+            deny_ttl=config.auth_deny_cache_ttl,
+            max_entries=config.auth_cache_size,
+            max_probes=config.auth_max_probes,
+            probe_wait=config.upstream_connect_timeout + config.upstream_read_timeout,
+            metrics=self.metrics,
+        )
+        self.observer = StorageObserver(prober, self.watch.clock, self.metrics)
         self.forward = Forwarder(self.upstream, config, self.keystore, self.metrics)
         checked = [config.database_url] + ([config.database_feed_url] if config.feed_is_replica else [])
         self.database = DatabaseState(
@@ -163,6 +181,7 @@ class ShimApp:
     def close(self) -> None:
         """Release the database pools and the upstream connections kept for reuse."""
         self.upstream.close()
+        self.observer.close()
         for engine in (self.engine, self.feed_engine, *self.database.engines):
             engine.dispose()
 
@@ -182,7 +201,7 @@ def create_app(config: config_module.Config | None = None, upstream=None, clock=
     """Build the application from *config* (default: file and environment).
 
     *upstream* replaces the transport to the legacy server (tests); *clock*
-    replaces :func:`time.monotonic` for the caches' lifetimes (tests).
+    replaces :func:`time.monotonic` for the change checks and lifetimes (tests).
     """
     return ShimApp(config or config_module.load(), upstream, clock)
 

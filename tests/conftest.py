@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from helpers import serve_app
+from helpers import serve_app, shim_environ
 
 from shim import db, schema
 from shim.demo.stack import ServerThread
@@ -246,6 +246,26 @@ def start_shim():
     yield start
     for shim in running:
         shim.stop()
+
+
+@pytest.fixture
+def make_shim(standin, db_url, start_shim):
+    """Build and serve shims in front of the stand-in: ``make_shim(max_age=..., deny_ttl=..., clock=...)``.
+
+    Returns the application, with the URL it is served at as ``.url``.
+    """
+
+    def make(max_age: float | None = None, deny_ttl: float | None = None, cache_size: int | None = None, clock=None):
+        settings = {}
+        for name, value in (("auth_max_age", max_age), ("auth_deny_cache_ttl", deny_ttl),
+                            ("auth_cache_size", cache_size)):  # fmt: skip
+            if value is not None:
+                settings[name] = value
+        running = start_shim(shim_environ(standin.url, db_url, **settings), clock=clock)
+        running.app.url = running.url
+        return running.app
+
+    return make
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ def client_sign(wire_path: str, token: str, private: str, nonce: str | None = No
 
 
 def shim_environ(upstream_url: str, database_url: str, **settings: str) -> dict[str, str]:
-    """``PYDIO_SHIM_*`` variables for a shim; *settings* as ``auth_cache_ttl="5"`` (section_key)."""
+    """``PYDIO_SHIM_*`` variables for a shim; *settings* as ``auth_max_age="5"`` (section_key)."""
     environ = {"PYDIO_SHIM_UPSTREAM_URL": upstream_url, "PYDIO_SHIM_DATABASE_URL": database_url}
     environ.update({f"PYDIO_SHIM_{name.upper()}": str(value) for name, value in settings.items()})
     return environ
@@ -109,3 +109,16 @@ class StallingRelay:
         self._closed = True
         self.flowing.set()
         self.listener.close()
+
+
+class FakeClock:
+    """A monotonic clock the test moves: the shim's change checks and lifetimes follow it."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

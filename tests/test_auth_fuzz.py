@@ -34,7 +34,7 @@ def servers(standin, db_url, start_shim):
         auth = (login, USERS[login][0])
         assert requests.post(f"{standin.url}/api/my-files/mkfile/{login}.txt", auth=auth).ok
         assert requests.post(f"{standin.url}/api/0/mkfile/{login}-shared.txt", auth=auth).ok
-    server = start_shim(shim_environ(standin.url, db_url, auth_cache_ttl=30))
+    server = start_shim(shim_environ(standin.url, db_url))
     pair = requests.get(
         f"{standin.url}/api/pydio/keystore_generate_auth_token/fuzz", auth=("alice", USERS["alice"][0])
     ).json()

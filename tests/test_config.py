@@ -61,6 +61,19 @@ def test_the_file_comes_from_pydio_shim_config(tmp_path):
     assert loaded.upstream_url == "http://legacy:8081"
 
 
+def test_settings_of_earlier_versions_say_what_replaced_them(tmp_path):
+    assert error(tmp_path, "[auth]\ncache_ttl = 30") == (
+        "setting auth.cache_ttl: replaced by auth.max_age: a decision now lasts while the rows it depends on "
+        "are unchanged; remove it"
+    )
+    assert error(tmp_path, "[workspaces]\ncache_ttl = 10").startswith(
+        "setting workspaces.cache_ttl: replaced by auth.max_age"
+    )
+    assert error(tmp_path, "", {**BASE, "PYDIO_SHIM_AUTH_CACHE_TTL": "5"}).startswith(
+        "setting PYDIO_SHIM_AUTH_CACHE_TTL: replaced by auth.max_age"
+    )
+
+
 def test_unknown_sections_and_settings(tmp_path):
     assert error(tmp_path, "[nope]\nx = 1") == "setting nope: unknown section"
     assert error(tmp_path, 'upstream = "x"') == "setting upstream: expected a table [upstream]"
@@ -70,9 +83,9 @@ def test_unknown_sections_and_settings(tmp_path):
 @pytest.mark.parametrize(
     "text,expected",
     [
-        ('[auth]\ncache_ttl = "soon"', "setting auth.cache_ttl: expected a number, got 'soon'"),
-        ("[auth]\ncache_ttl = true", "setting auth.cache_ttl: expected a number, got True"),
-        ("[auth]\ncache_ttl = -1", "setting auth.cache_ttl: must not be negative, got -1"),
+        ('[auth]\nmax_age = "soon"', "setting auth.max_age: expected a number, got 'soon'"),
+        ("[auth]\nmax_age = true", "setting auth.max_age: expected a number, got True"),
+        ("[auth]\nmax_age = -1", "setting auth.max_age: must not be negative, got -1"),
         ("[database]\npool_size = 2.5", "setting database.pool_size: expected a whole number, got 2.5"),
         ("[database]\npool_size = -3", "setting database.pool_size: must not be negative, got -3"),
         ("[log]\nlevel = 3", "setting log.level: expected a string, got 3"),
@@ -91,8 +104,8 @@ def test_values_of_the_wrong_kind(tmp_path, text, expected):
 
 
 def test_environment_overrides_win_and_are_named_in_errors(tmp_path):
-    loaded = load_text(tmp_path, "[auth]\ncache_ttl = 5", {**BASE, "PYDIO_SHIM_AUTH_CACHE_TTL": "7.5"})
-    assert loaded.auth_cache_ttl == 7.5
+    loaded = load_text(tmp_path, "[auth]\nmax_age = 5", {**BASE, "PYDIO_SHIM_AUTH_MAX_AGE": "7.5"})
+    assert loaded.auth_max_age == 7.5
     assert (
         error(tmp_path, "", {**BASE, "PYDIO_SHIM_DATABASE_POOL_SIZE": "many"})
         == "setting PYDIO_SHIM_DATABASE_POOL_SIZE: expected a whole number, got 'many'"

@@ -78,6 +78,12 @@ def _refused(out):
     assert 'WWW-Authenticate: Basic realm="Pydio API"' in out
 
 
+def _not_authorized(out):
+    assert out.startswith("HTTP/1.1 401")
+    assert out.endswith("You are not authorized to access this API.")
+    assert '"seq"' not in out
+
+
 def _metrics(out):
     values = dict(line.rsplit(" ", 1) for line in out.strip().split("\n"))
     assert float(values['shim_feed_requests_total{status="200"}']) >= 3
@@ -94,6 +100,9 @@ EXPECTATIONS = {
     "rename the file": _success,
     "changes since seq 2": _since,
     "a key-store token for a device": _token,
+    "as the admin, remove the demo user's right": _success,
+    "the feed a second later: the legacy refusal": _not_authorized,
+    "give the right back": _success,
     "a wrong password: the legacy 401": _refused,
     "metrics": _metrics,
 }
@@ -120,7 +129,7 @@ def test_every_printed_demo_command_works(tmp_path, prefix):
                 printed.append(line)
             commands = []
             for comment, line in zip(printed, printed[1:], strict=False):
-                if comment.startswith("  # ") and line.startswith("  curl "):
+                if comment.startswith("  # ") and line.startswith(("  curl ", "  sleep ")):
                     commands.append((comment[4:].strip(), line.strip()))
             assert len(commands) == len(EXPECTATIONS)
             for what, shell_command in commands:

@@ -22,6 +22,7 @@ import requests
 from .standin import LegacyStandin
 
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"
+ADMIN_USER, ADMIN_PASSWORD = "admin", "admin-password"
 
 
 def _raw_target_handler():
@@ -103,6 +104,7 @@ class DemoStack:
         if fresh:
             self.standin.install()
             self.standin.add_user(DEMO_USER, DEMO_PASSWORD)
+            self.standin.add_user(ADMIN_USER, ADMIN_PASSWORD, rights=(), admin=True)
         self.standin_server = ServerThread(self.standin).start()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYDIO_SHIM_")}
         env.update(
@@ -148,7 +150,7 @@ class DemoStack:
 
     def example_commands(self) -> list[tuple[str, str]]:
         """``(what, shell command)`` pairs, in the order they make sense."""
-        u, a = self.url, f"{DEMO_USER}:{DEMO_PASSWORD}"
+        u, a, admin = self.url, f"{DEMO_USER}:{DEMO_PASSWORD}", f"{ADMIN_USER}:{ADMIN_PASSWORD}"
         return [
             ("health of the shim", f"curl -s {u}/_shim/health"),
             ("create a folder (forwarded to the legacy server)", f"curl -s -u {a} -X POST {u}/api/default/mkdir/docs"),
@@ -167,6 +169,18 @@ class DemoStack:
             (
                 "a key-store token for a device (then sign requests with it)",
                 f"curl -s -u {a} {u}/api/pydio/keystore_generate_auth_token/my-laptop",
+            ),
+            (
+                "as the admin, remove the demo user's right on the workspace (Pydio's admin API)",
+                f"curl -s -u {admin} -X POST {u}/api/ajxp_conf/user_update_right/0/{DEMO_USER}/n",
+            ),
+            (
+                "the feed a second later: the legacy refusal (the shim checks the database every second)",
+                f"sleep 1.1; curl -si -u {a} '{u}/api/default/changes/0?stream=true'",
+            ),
+            (
+                "give the right back",
+                f"curl -s -u {admin} -X POST {u}/api/ajxp_conf/user_update_right/0/{DEMO_USER}/rw",
             ),
             (
                 "a wrong password: the legacy 401, passed back",
@@ -197,6 +211,7 @@ def run_demo(port: int = 0, prefix: str = "", workdir: str | None = None) -> int
             print(
                 f"\n  shim:                 {stack.url}\n  legacy stand-in:      {stack.standin_server.url}{prefix}\n"
                 f"  database:             {stack.database_url}\n  user / password:      {DEMO_USER} / {DEMO_PASSWORD}\n"
+                f"  admin / password:     {ADMIN_USER} / {ADMIN_PASSWORD}\n"
             )
             print("Try (in another terminal):\n")
             for what, command in stack.example_commands():

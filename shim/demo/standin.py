@@ -38,6 +38,7 @@ from werkzeug.wsgi import wrap_file
 
 from .. import db, schema
 from . import legacy_feed
+from .legacy_admin import AdminActions, ChangesSideEffects, storage_listing
 from .pydio_store import PydioStore, StandinWorkspace, check_password
 
 _ASCII_LOWER = {ord(c): ord(c) + 32 for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
@@ -84,6 +85,8 @@ class LegacyStandin:
         self.log: collections.deque[tuple[str, str]] = collections.deque(maxlen=2000)  # (method, raw target)
         self.calls: collections.Counter[str] = collections.Counter()  # action name -> count
         self._lock = threading.Lock()
+        self.admin = AdminActions(self.store, _success, _error)
+        self.side_effects = ChangesSideEffects(self.store, self.rescan, self.calls, self._lock)
         os.makedirs(data_dir, exist_ok=True)
 
     # --- setup helpers (tests and demo) ---------------------------------------
@@ -94,8 +97,8 @@ class LegacyStandin:
             db.create_conf_tables(conn)
             schema.install_syncable_schema(conn)
 
-    def add_user(self, login: str, password: str, group_path: str = "/", rights=("0", "1")):
-        self.store.add_user(login, password, group_path, rights)
+    def add_user(self, login: str, password: str, group_path: str = "/", rights=("0", "1"), admin: bool = False):
+        self.store.add_user(login, password, group_path, rights, admin)
 
     def set_right(self, login: str, ws_id: str, rights: str | None):
         self.store.set_right(login, ws_id, rights)
@@ -183,33 +186,51 @@ class LegacyStandin:
         return params
 
     def authenticate(self, request: Request, params: dict, path: str) -> str | None:
+        """The user id the request logs in as, or None: Pydio's key-store frontend, then Basic.
+
+        A token that fails (unknown, bad hash, user deleted or locked) leaves the
+        request to the Basic frontend, as in Pydio; every login, token or typed,
+        ends with the same checks: the user exists and is not locked out.
+        """
         token = params.get("auth_token")
         auth_hash = params.get("auth_hash")
         if token and auth_hash and ":" in auth_hash:
             data = self.store.token_data(token)
-            if data:
+            if data and isinstance(data.get("USER_ID"), str) and isinstance(data.get("PRIVATE"), str):
                 nonce, given = auth_hash.split(":", 1)
                 message = f"{php_signed_uri(path)}:{nonce}:{data['PRIVATE']}"
                 expected = hmac.new(token.encode(), message.encode(), hashlib.sha256).hexdigest()
                 if hmac.compare_digest(expected.encode(), given.encode()):
-                    return data["USER_ID"].strip().translate(_ASCII_LOWER)
-            return None
+                    login = self.logged_in(data["USER_ID"])
+                    if login is not None:
+                        return login
         try:
             auth = request.authorization
         except ValueError:  # non-ASCII "base64": PHP's lenient decoding yields no valid user either
             auth = None
         if auth and auth.type == "basic" and auth.username is not None:
-            # auth.sql: CASE_SENSITIVE is off, the login is trimmed and lower-cased (ASCII) before any query.
-            login = auth.username.strip(" \t\n\r\0\x0b").translate(_ASCII_LOWER)
-            if "\0" in login:  # no user is called that (and PostgreSQL refuses a NUL in a query)
+            if "\0" in auth.username:  # no user is called that (and PostgreSQL refuses a NUL in a query)
                 return None
-            with self.engine.connect() as conn:
-                row = conn.execute(sa.select(db.users.c.password).where(db.users.c.login == login)).first()
-            if row and check_password(auth.password or "", row[0]):
-                return login
+            account = self.store.user(self.user_id(auth.username))
+            if account is None or not check_password(auth.password or "", account[0]):
+                return None
+            return self.logged_in(auth.username)
+        if token or auth_hash:
             return None
         session = request.cookies.get("AjaXplorer")
         return self.sessions.get(session) if session else None
+
+    @staticmethod
+    def user_id(login: str) -> str:
+        # auth.sql: CASE_SENSITIVE is off, the login is trimmed and lower-cased (ASCII) before any query.
+        return login.strip(" \t\n\r\0\x0b").translate(_ASCII_LOWER)
+
+    def logged_in(self, login: str) -> str | None:
+        """AuthService::logUser's last checks: the user exists and holds no ``logout`` lock."""
+        user_id = self.user_id(login)
+        if "\0" in user_id or self.store.user(user_id) is None:  # (PostgreSQL refuses a NUL in a query)
+            return None
+        return None if self.store.locked_out(user_id) else user_id
 
     def root_dir(self, ws: StandinWorkspace, login: str) -> str:
         path = (
@@ -234,24 +255,21 @@ class LegacyStandin:
             self.calls[action] += 1
         if login is None:
             return Response(b"", 401, headers={"WWW-Authenticate": REALM_HEADER}, content_type=HTML)
+        if ws_key == "ajxp_conf":  # the settings workspace: administrators only
+            if not self.store.is_admin(login):
+                return Response(NOT_AUTHORIZED, 401, content_type=HTML)
+            handler = getattr(self.admin, action, None)
+            return handler(node_path, params) if handler else _error(f"Could not find action {action}")
         ws = self.store.find_workspace(ws_key, login)
         if ws is None:
-            return Response(
-                '<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
-                f"Could not find workspace with id/alias {ws_key}</message></tree>",
-                200,
-                content_type=XML,
-            )
+            return _error(f"Could not find workspace with id/alias {ws_key}")
         if not self.store.has_right(login, ws.id):
             return Response(NOT_AUTHORIZED, 401, content_type=HTML)
         handler = getattr(self, "do_" + action, None)
+        if action == "changes" and not self.store.changes_enabled(login, ws):
+            handler = None  # meta.syncable not active there, or the action disabled by a role
         if handler is None:
-            return Response(
-                '<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">'
-                f"Unknown action {action}</message></tree>",
-                200,
-                content_type=XML,
-            )
+            return _error(f"Could not find action {action}")
         return handler(request, ws, login, node_path, params)
 
     # --- file actions, each keeping ajxp_index current ---------------------------
@@ -317,6 +335,22 @@ class LegacyStandin:
                     ),
                 )
             )
+
+    def rescan(self, ws, login) -> None:
+        """Index what is on disk and forget what is gone (an indexation, a storage resync)."""
+        root = self.root_dir(ws, login)
+        ident = self.store.identifier(ws, login)
+        with self.engine.connect() as conn:
+            indexed = set(
+                conn.execute(sa.select(db.index.c.node_path).where(db.index.c.repository_identifier == ident)).scalars()
+            )
+        on_disk = storage_listing(root)
+        for path in sorted(on_disk):
+            if path not in indexed:
+                self._index_insert(ws, login, path, root + path)
+        for path in sorted(indexed - set(on_disk)):
+            if path != "/":
+                self._index_delete(ws, login, path)
 
     def do_mkdir(self, request, ws, login, path, params):
         local = self._local(ws, login, path)
@@ -441,21 +475,27 @@ class LegacyStandin:
         self.store.put_token(token, data)
         return Response(json.dumps({"t": token, "p": private}), 200, content_type="application/json")
 
+    def do_keystore_revoke_tokens(self, request, ws, login, path, params):
+        """Revoke the user's token ``key_id``, or all of the user's tokens without one."""
+        self.store.revoke_tokens(login, params.get("key_id", ""))
+        return Response(
+            json.dumps({"result": "SUCCESS", "message": "Key(s) removed successfully!"}),
+            200,
+            content_type="application/json",
+        )
+
     def do_changes(self, request, ws, login, path, params):
-        """The legacy ``changes`` action (:func:`shim.demo.legacy_feed.changes_body`)."""
+        """The legacy ``changes`` action (:func:`shim.demo.legacy_feed.changes_body`), side effects first."""
         with self._lock:
             self.calls["changes_side_effects"] += 1
+        self.side_effects.before_changes(ws, login)
         body = legacy_feed.changes_body(
             self.engine, self.store.identifier(ws, login), ws.recycle_bin, params, path.strip("/")
         )
         return Response(body, 200, content_type="application/json; charset=UTF-8")
 
     def _ok(self, text):
-        return Response(
-            f'<?xml version="1.0" encoding="UTF-8"?><tree><message type="SUCCESS">{_xml(text)}</message></tree>',
-            200,
-            content_type=XML,
-        )
+        return _success(text)
 
     # --- diagnostics for proxy tests (not a Pydio feature) ------------------------
 
@@ -500,6 +540,22 @@ def _md5_file(path: str) -> str:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _success(text: str, extra: str = "") -> Response:
+    return Response(
+        f'<?xml version="1.0" encoding="UTF-8"?><tree><message type="SUCCESS">{_xml(text)}</message>{extra}</tree>',
+        200,
+        content_type=XML,
+    )
+
+
+def _error(text: str) -> Response:
+    return Response(
+        f'<?xml version="1.0" encoding="UTF-8"?><tree ><message type="ERROR">{_xml(text)}</message></tree>',
+        200,
+        content_type=XML,
+    )
 
 
 def _xml(text: str) -> str:

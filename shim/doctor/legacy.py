@@ -200,7 +200,7 @@ def choose_target(ctx: Context) -> None:
         ctx.target_key = ctx.workspace_arg
         if ctx.engine is not None:
             try:
-                ctx.target = WorkspaceResolver(ctx.engine, ctx.config.workspaces, ttl=0).resolve(ctx.workspace_arg)
+                ctx.target = WorkspaceResolver(ctx.engine, ctx.config.workspaces).resolve(ctx.workspace_arg)
             except (sa.exc.SQLAlchemyError, OptionError):
                 ctx.target = None
         if ctx.target is None:

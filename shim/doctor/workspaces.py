@@ -20,7 +20,7 @@ def _like_escape(text: str) -> str:
 @check("workspaces", "workspaces", needs={"database": "the database is not reachable (see above)"})
 def workspaces(ctx: Context):
     need_tables(ctx, *db.SYNCABLE_TABLES, "ajxp_repo", "ajxp_repo_options")
-    resolver = WorkspaceResolver(ctx.db, ctx.config.workspaces, ttl=0)
+    resolver = WorkspaceResolver(ctx.db, ctx.config.workspaces)
     builtin = [from_builtin(w) for w in ctx.config.workspaces]
     found: list[tuple[str, Workspace | None, str]] = [("built-in", w, "") for w in builtin]
     with ctx.db.connect() as conn:
