@@ -112,7 +112,7 @@ class ChangeWatch:
             if checked is not None and now - checked < self.interval:
                 return self.generation_value  # another request checked meanwhile
             started = self.clock()
-            signatures = self._read()
+            signatures = self.read_signatures()
             if self._signatures is not None and signatures != self._signatures:
                 changed = sorted(t for t in signatures if signatures[t] != self._signatures.get(t))
                 self.generation_value += 1
@@ -126,7 +126,8 @@ class ChangeWatch:
         finally:
             self._lock.release()
 
-    def _read(self) -> dict[str, tuple[int, int]]:
+    def read_signatures(self) -> dict[str, tuple[int, int]]:
+        """``{table: (row count, digest)}`` as the database computes them now."""
         self.checks += 1
         if self.metrics is not None:
             self.metrics.auth_table_checks.inc()

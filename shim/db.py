@@ -252,12 +252,16 @@ class _RowDigest:
         return self.total
 
 
+def _sqlite_functions(dbapi_connection, _record):
+    dbapi_connection.create_aggregate("shim_digest", -1, _RowDigest)
+
+
 def _sqlite_on_connect(dbapi_connection, _record):
     # Pydio's PHP writes and the shim reads the same file: WAL lets a long feed
     # read run beside writers.  Bytes that are not UTF-8 must not crash a read
     # (the feed skips such rows), so decode leniently and let the feed check.
     dbapi_connection.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
-    dbapi_connection.create_aggregate("shim_digest", -1, _RowDigest)
+    _sqlite_functions(dbapi_connection, _record)
     try:
         dbapi_connection.execute("PRAGMA journal_mode=WAL")
     except Exception:  # read-only or in-memory databases keep their mode
@@ -446,7 +450,10 @@ def connect_engine(url: str, timeout: float):
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     elif backend == "postgresql" and driver in ("psycopg2", "psycopg"):
         connect_args = {"connect_timeout": max(1, int(timeout))}
-    return sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=connect_args)
+    engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=connect_args)
+    if backend == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_functions)
+    return engine
 
 
 def server_version(conn) -> str:

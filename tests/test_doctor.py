@@ -157,6 +157,7 @@ def test_healthy_install_passes_every_check(stack, tmp_path, db_url, capsys, mon
         "configuration",
         "database",
         "tables",
+        "decision_tables",
         "triggers",
         "trigger_firing",
         "feed_index",
@@ -244,6 +245,27 @@ def test_no_tables(stack, tmp_path, empty_db_url, capsys, monkeypatch):
     assert by_check["triggers"]["status"] == "skipped"
     assert by_check["trigger_firing"]["status"] == "skipped"
     assert by_check["database"]["status"] == "ok"
+    decisions = by_check["decision_tables"]
+    assert decisions["status"] == "failed" and "ajxp_roles" in decisions["seen"]
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_the_tables_decisions_depend_on_must_be_readable(stack, tmp_path, db_url, capsys, monkeypatch):
+    legacy, config_path, _shim_url = healthy(stack, tmp_path, db_url)
+    status, by_check, _ = run_doctor(capsys, config_path, monkeypatch=monkeypatch)
+    ok = by_check["decision_tables"]
+    assert ok["status"] == "ok" and "ajxp_users 3, " in ok["seen"], ok
+    with legacy.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE ajxp_plugin_configs RENAME COLUMN configs TO settings"))
+    status, by_check, _ = run_doctor(capsys, config_path, monkeypatch=monkeypatch)
+    unreadable = by_check["decision_tables"]
+    assert status == 1 and unreadable["status"] == "failed"
+    assert "reading them fails (no such column: configs)" in unreadable["seen"]
+    assert "forwards every feed request" in unreadable["seen"]
+    with legacy.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE ajxp_plugin_configs"))
+    status, by_check, _ = run_doctor(capsys, config_path, monkeypatch=monkeypatch)
+    assert by_check["decision_tables"]["seen"].startswith("no ajxp_plugin_configs: ")
 
 
 def _drop_trigger(database_url, name):

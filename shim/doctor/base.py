@@ -70,6 +70,7 @@ RUN_ORDER = (
     "database",
     "feed_database",
     "tables",
+    "decision_tables",
     "triggers",
     "trigger_firing",
     "feed_index",

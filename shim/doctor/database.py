@@ -7,7 +7,7 @@ import time
 
 import sqlalchemy as sa
 
-from .. import db, schema
+from .. import changewatch, db, fingerprint, schema
 from .base import FAILED, OK, SKIPPED, WARNING, Context, Stop, check
 
 #: Tables of Pydio's SQL configuration and authentication that the shim reads.
@@ -97,6 +97,34 @@ def tables(ctx: Context):
     with ctx.db.connect() as conn:
         last = db.max_seq(conn)
     return OK, f"{', '.join(db.SYNCABLE_TABLES + CONF_TABLES)} present; ajxp_changes holds changes up to seq {last}"
+
+
+@check("decision_tables", "tables the authorization decisions depend on", needs=_NO_DATABASE)
+def decision_tables(ctx: Context):
+    """Every table :mod:`shim.changewatch` signs must be there and readable, or no decision is kept."""
+    missing = [t for t in changewatch.WATCHED if t not in ctx.tables]
+    consequence = "the shim cannot see a right change, so it forwards every feed request to PHP"
+    if missing:
+        raise Stop(
+            FAILED,
+            f"no {', '.join(missing)}: {consequence}",
+            "database.url must name Pydio's own database, with its conf.sql and auth.sql tables",
+        )
+    watch = changewatch.ChangeWatch(ctx.db, interval=0)
+    started = time.perf_counter()
+    try:
+        signatures = watch.read_signatures()
+        fingerprint.Fingerprints(ctx.db).of("pydio-shim-doctor", "0")
+    except sa.exc.SQLAlchemyError as exc:
+        raise Stop(
+            FAILED,
+            f"reading them fails ({db.first_line(exc)}): {consequence}",
+            "give database.url's user SELECT on Pydio's tables",
+        ) from None
+    ms = (time.perf_counter() - started) * 1000
+    rows = ", ".join(f"{t} {count}" for t, (count, _digest) in signatures.items())
+    note = f" (one check every {ctx.config.auth_check_interval:g} s per worker)"
+    return OK, f"readable in {ms:.0f} ms{note}: {rows} rows"
 
 
 @check("triggers", "triggers on ajxp_index", needs=_NO_DATABASE)
