@@ -36,7 +36,7 @@ N_NODES = 700_000
 N_WORKSPACES = 50
 BIG_WORKSPACE = "benchws00"
 USER, PASSWORD = "bench", "bench-secret"
-LAYOUT = f"v1 changes={N_CHANGES} nodes={N_NODES} workspaces={N_WORKSPACES}"
+LAYOUT = f"v2 changes={N_CHANGES} nodes={N_NODES} workspaces={N_WORKSPACES}"
 META_SOURCES = "$phpserial$" + phpserialize.dumps({"meta.syncable": {"REPO_SYNCABLE": True}}).decode()
 
 

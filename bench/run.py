@@ -12,6 +12,9 @@ feed-snapshot  ``changes/0?stream=true&flatten=true`` of the big workspace (951,
 proxy          1 KiB requests and a 1 GiB download, straight from nginx vs through
                the shim; the worker's peak RSS during the download.
 workers        gunicorn worker class and count (gthread vs gevent).
+idle-clients   200 clients, each a user of its own, polling a quiet workspace every 3 s
+               for 4 minutes through the shim (default settings), then the legacy
+               server directly: legacy requests and database statements per poll.
 
 Every comparison runs within one invocation, alternating its sides run by run; the
 figures are medians over ``--runs`` runs.  The run prints a PASS/FAIL line per
@@ -45,10 +48,11 @@ sys.path[:0] = [HERE, ROOT]
 
 import costs  # noqa: E402
 import dataset  # noqa: E402
+import idle  # noqa: E402
 import load  # noqa: E402
 import services  # noqa: E402
 
-PARTS = ("feed-poll", "feed-snapshot", "proxy", "workers")
+PARTS = ("feed-poll", "feed-snapshot", "proxy", "workers", "idle-clients")
 OUT_DIR = os.path.join(ROOT, "var", "bench")
 MIB = 1 << 20
 
@@ -59,6 +63,7 @@ SNAPSHOT_RAW_RATIO_MAX = 2.0  # shim time / raw PyMySQL SSCursor time
 RSS_MAX_MIB = 100  # gunicorn worker peak RSS (snapshot, 1 GiB transfer)
 PROXY_SMALL_MIN = 0.50  # shim requests/s / direct requests/s, 1 KiB at 8 clients
 PROXY_BULK_MIN = 0.80  # shim MiB/s / direct MiB/s, 1 GiB
+IDLE_LEGACY_PER_1000_MAX = 1.0  # legacy requests per 1,000 idle polls, steady state
 
 # gunicorn settings compared in the "workers" part, beside the configuration file's.
 # (gunicorn arguments over the configuration file, further PYDIO_SHIM_* settings).
@@ -954,11 +959,49 @@ def part_workers(ctx: Context):
     run.figures["workers"] = figures
 
 
+def part_idle_clients(ctx: Context):
+    run, stack, args = ctx.run, ctx.stack, ctx.args
+    workspaces = dataset.workspace_ids()
+    idle.ensure_users(stack.standin, workspaces, args.idle_clients)
+    config = stack.start_shim()  # the default settings; no warming: the warm-up is measured
+    seconds = args.idle_minutes * 60
+    say(f"{args.idle_clients} clients every {args.idle_interval:g} s for {seconds:.0f} s through the shim...")
+    shim = idle.measure(stack.shim_url, stack, ctx.db, workspaces, ctx.max_seq, args.idle_clients,
+                        args.idle_interval, seconds, shim=True)  # fmt: skip
+    legacy_seconds = max(60.0, seconds / 4)
+    say(f"...then {legacy_seconds:.0f} s straight to the legacy server")
+    direct = idle.measure(stack.legacy_url, stack, ctx.db, workspaces, ctx.max_seq, args.idle_clients,
+                          args.idle_interval, legacy_seconds, shim=False)  # fmt: skip
+    rows = []
+    for side, f in (("through the shim", shim), ("legacy server directly", direct)):
+        rows.append([
+            side, f["steady"]["polls"], f["steady"]["errors"], f["steady"]["p50_ms"], f["steady"]["p99_ms"],
+            f"{f['warm_up_legacy_calls']} in {f['warm_up_s']:.0f} s", f["steady_legacy_calls"],
+            f["legacy_per_1000_polls"], f["statements_per_poll"], f.get("table_checks_per_poll", "-"),
+        ])  # fmt: skip
+    run.table(
+        f"Idle clients: {args.idle_clients} users polling a quiet workspace every {args.idle_interval:g} s "
+        f"(±20 %), {config['worker_class']} {config['workers']}x{config['threads']}, default settings; "
+        "steady state = after every client polled twice",
+        ["", "polls (steady)", "errors", "p50 ms", "p99 ms", "legacy calls, warm-up", "legacy calls, steady",
+         "legacy calls per 1,000 polls", "DB statements per poll (server-wide)", "table checks per poll"],
+        rows,
+    )  # fmt: skip
+    run.figures["idle-clients"] = {"shim": shim, "legacy": direct, "gunicorn": config}
+    if shim["steady"]["errors"]:
+        run.note(f"idle-clients: {shim['steady']['errors']} polls through the shim did not get 200")
+    run.target(
+        Target("legacy requests per 1,000 idle polls", shim["legacy_per_1000_polls"], IDLE_LEGACY_PER_1000_MAX, False),
+        "idle-clients",
+    )
+
+
 PART_FUNCTIONS = {
     "feed-poll": part_feed_poll,
     "feed-snapshot": part_feed_snapshot,
     "proxy": part_proxy,
     "workers": part_workers,
+    "idle-clients": part_idle_clients,
 }
 
 
@@ -975,6 +1018,9 @@ def parse_args(argv=None):
     parser.add_argument("--runs", type=int, default=3, help="runs per comparison, medians reported (default 3)")
     parser.add_argument("--workers-runs", type=int, default=2, help="runs per load in the workers part (default 2)")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each wrk run (default 5)")
+    parser.add_argument("--idle-clients", type=int, default=200, help="clients in the idle-clients part (200)")
+    parser.add_argument("--idle-interval", type=float, default=3.0, help="seconds between their polls (3)")
+    parser.add_argument("--idle-minutes", type=float, default=4.0, help="minutes they poll the shim (4)")
     parser.add_argument(
         "--mysql",
         default=os.environ.get("SHIM_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306"),

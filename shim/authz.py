@@ -189,7 +189,7 @@ class Authorizer:
             found = self._entries.pop(key, None)
         if found is None:
             return
-        log.info("auth: decision for %s on workspace %s dropped: %s", login, key[1], ", ".join(reasons))
+        log.info("auth: decision for %r on workspace %r dropped: %s", login, key[1], ", ".join(reasons))
         if self.metrics is not None:
             for reason in reasons:
                 self.metrics.auth_dropped.labels(reason=reason).inc()
@@ -227,7 +227,7 @@ class Authorizer:
         facts = fingerprint.facts
         if facts.forward_reason is not None:
             log.info(
-                "auth: %s on workspace %s is left to the legacy server: %s",
+                "auth: %r on workspace %r is left to the legacy server: %s",
                 principal.login,
                 ws_id,
                 facts.forward_reason,
@@ -248,10 +248,10 @@ class Authorizer:
                 ttl, expiry = self.max_age, "max_age"
             elif status == 200:
                 reason = "no user is stored under that id" if answer == "allowed" else "the probe was not answered yes"
-                log.info("auth: probe for workspace %s answered 200 but not yes; forwarding", ws_id)
+                log.info("auth: probe for workspace %r answered 200 but not yes; forwarding", ws_id)
                 decision, ttl, expiry = Decision(False, reason=reason), min(self.max_age, OTHER_ANSWER_TTL), "other"
             else:
-                log.info("auth: probe for workspace %s answered %s; forwarding", ws_id, status)
+                log.info("auth: probe for workspace %r answered %s; forwarding", ws_id, status)
                 return FORWARD  # an error of the moment: asked again next time
         self._put(key, _Entry(decision, fingerprint, generation, now + ttl, expiry, principal))
         return decision

@@ -10,6 +10,9 @@ cached decision, workspace and token made under an older generation is
 checked again before it is used (:mod:`shim.fingerprint`): the ones whose own
 rows changed are dropped, the others carry on.
 
+Files named in ``auth.watched_files`` (Pydio's ``bootstrap.json``, its plugin
+cache) count like tables: a new size or modification time is a change.
+
 Freshness is exact, not a lifetime: a request uses the last signatures only
 when they were read less than ``interval`` seconds before it started, so a
 change committed more than ``interval`` seconds before a poll always reaches
@@ -19,6 +22,7 @@ that poll.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -48,13 +52,13 @@ WATCHED: dict[str, tuple[tuple[str, ...], str]] = {
 
 def _row_hash(dialect: str, columns: list[str]) -> str:
     """SQL for a 60-bit hash of one row's columns (NULL told apart from every value)."""
+    # Each column is hashed first (MD5: 32 hex digits, never NULL for a value, whatever its
+    # size, charset or binary type), so the concatenation is unambiguous; NULL becomes 'N'.
     if dialect == "mysql":
-        # HEX() makes every value plain ASCII, whatever its charset or binary type.
-        parts = ", ".join(f"COALESCE(HEX({c}), 'N')" for c in columns)
+        parts = ", ".join(f"COALESCE(MD5({c}), 'N')" for c in columns)
         return f"CAST(CONV(LEFT(MD5(CONCAT_WS(',', {parts})), 15), 16, 10) AS UNSIGNED)"
     if dialect == "postgresql":
-        # quote_literal() quotes any value (bytea as \x...); NULL stays NULL and becomes 'N'.
-        parts = ", ".join(f"COALESCE(quote_literal({c}), 'N')" for c in columns)
+        parts = ", ".join(f"COALESCE(MD5({c}::text), 'N')" for c in columns)
         return f"('x' || LEFT(MD5(CONCAT_WS(',', {parts})), 15))::bit(60)::bigint"
     raise ValueError(dialect)
 
@@ -82,8 +86,11 @@ class ChangeWatch:
     database timeouts).
     """
 
-    def __init__(self, engine, interval: float = 1.0, clock: Clock | None = None, metrics=None, wait_limit=30.0):
+    def __init__(
+        self, engine, interval: float = 1.0, clock: Clock | None = None, metrics=None, wait_limit=30.0, files=()
+    ):
         self.engine = engine
+        self.files = tuple(files)  # settings Pydio keeps in files, when the shim can see them
         self.interval = interval
         self.clock = clock or time.monotonic
         self.metrics = metrics
@@ -133,4 +140,11 @@ class ChangeWatch:
             self.metrics.auth_table_checks.inc()
         with self.engine.connect() as conn:
             rows = conn.execute(self._sql).all()
-        return {str(table): (int(count), int(digest)) for table, count, digest in rows}
+        signatures = {str(table): (int(count), int(digest)) for table, count, digest in rows}
+        for path in self.files:
+            try:
+                st = os.stat(path)
+                signatures[path] = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                signatures[path] = (-1, -1)  # gone or unreadable: a change too, when it comes back
+        return signatures

@@ -262,6 +262,11 @@ class Config:
         "Seconds the legacy server's answer is kept at most, even with its rows unchanged (for settings kept "
         "in files). 0 asks every time.",
     )
+    auth_watched_files: tuple[str, ...] = setting(
+        (),
+        "Files of the Pydio install whose changes count like a table's, when the shim can read them (e.g. "
+        "data/plugins/boot.conf/bootstrap.json, data/cache/plugins_cache.ser). Empty: seen within auth.max_age.",
+    )
     auth_deny_cache_ttl: float = setting(2.0, "Seconds a refusal of the legacy server is reused (at most 5).")
     auth_max_probes: int = setting(
         8,

@@ -19,6 +19,7 @@ ask for an indexation on every call.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import phpserialize
 import sqlalchemy as sa
 
 from . import db
-from .workspaces import OptionError, decode_option, observe_interval
+from .workspaces import observe_interval
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +55,54 @@ class Fingerprint:
         return [name for name, a, b in zip(PARTS, self.digests, other.digests, strict=True) if a != b]
 
 
+#: Parents followed from a workspace (a share of a share...); a deeper chain is left to the legacy server.
+MAX_PARENTS = 8
+
+
 def _digest(rows) -> str:
-    """A digest of rows as the driver returned them (bytes, memoryview and str alike)."""
+    """A digest of rows as the driver returned them (bytes, memoryview and str alike), each value length-prefixed."""
     mac = hashlib.sha256()
     for row in rows:
+        mac.update(b"R%d:" % len(row))
         for value in row:
             if value is None:
                 mac.update(b"N")
             else:
-                mac.update(b"V" + db.as_bytes(value if isinstance(value, (bytes, str, memoryview)) else str(value)))
-            mac.update(b"\x1f")
-        mac.update(b"\x1e")
+                data = db.as_bytes(value if isinstance(value, (bytes, str, memoryview)) else str(value))
+                mac.update(b"V%d:" % len(data) + data)
     return mac.hexdigest()
 
 
 def group_role_ids(group_path: str) -> list[str]:
-    """``AJXP_GRP_/``, then one role per level of the user's group: ``/a`` -> ``AJXP_GRP_/a``."""
-    parts = [p for p in group_path.split("/") if p]
+    """``AJXP_GRP_/``, then one role per level of the user's group: ``/a/b`` -> ``AJXP_GRP_/a``, ``AJXP_GRP_/a/b``.
+
+    As SqlUser::load builds them: a level PHP finds ``empty()`` is skipped,
+    and PHP finds ``"0"`` empty, so ``/0/team`` gives ``AJXP_GRP_/team``.
+    """
+    parts = [p for p in group_path.split("/") if p not in ("", "0")]
     return ["AJXP_GRP_/"] + ["AJXP_GRP_/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def assigned_role_ids(value) -> list[str] | None:
+    """The role ids of an ``ajxp.roles`` value, decoded as SqlUser::load does; None when it cannot be read.
+
+    PHP removes every ``$phpserial$`` (or ``$json$``) from a value that
+    starts with one, and unserializes any other value as it is.
+    """
+    text = db.as_text(value) or ""
+    try:
+        if text.startswith("$phpserial$"):
+            decoded = phpserialize.loads(text.replace("$phpserial$", "").encode("utf-8", "surrogateescape"),
+                                         decode_strings=True)  # fmt: skip
+        elif text.startswith("$json$"):
+            decoded = json.loads(text.replace("$json$", ""))
+        else:
+            decoded = phpserialize.loads(text.encode("utf-8", "surrogateescape"), decode_strings=True)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+        return None
+    if isinstance(decoded, list):
+        return [str(i) for i in range(len(decoded))]  # a JSON list: PHP's array keys 0, 1...
+    return [str(k) for k in decoded] if isinstance(decoded, dict) else None
 
 
 def role_properties(blob) -> dict:
@@ -149,7 +180,7 @@ class Fingerprints:
             ).all()
             stored = user[0][0] if len(user) == 1 and user[0][0] == login else None
             group_path = (user[0][2] or "/") if user else "/"
-            role_ids = self._role_ids(login, group_path, rights)
+            role_ids, unreadable = self._role_ids(login, group_path, rights)
             roles = conn.execute(
                 sa.select(db.roles.c.role_id, db.roles.c.serial_role, db.roles.c.owner_user_id)
                 .where(
@@ -164,7 +195,7 @@ class Fingerprints:
                 )
                 .order_by(db.roles.c.role_id)
             ).all()
-            workspace = self._workspace_rows(conn, ws_id)
+            workspace, too_deep = self._workspace_rows(conn, ws_id)
             plugins = conn.execute(
                 sa.select(db.plugin_configs.c.id, db.plugin_configs.c.configs).order_by(db.plugin_configs.c.id)
             ).all()
@@ -176,35 +207,47 @@ class Fingerprints:
                     )
                 ).all()
         digests = tuple(_digest(rows) for rows in (user, rights, roles, workspace, plugins, token_rows))
-        return Fingerprint(digests, self._facts(login, stored, group_path, user, roles, role_ids, ws_id))
+        facts = self._facts(login, stored, group_path, user, roles, role_ids, ws_id)
+        if facts.forward_reason is None and (unreadable or too_deep):
+            facts = Facts(facts.login, facts.group_path, unreadable or too_deep)
+        return Fingerprint(digests, facts)
 
     @staticmethod
-    def _role_ids(login: str, group_path: str, rights) -> list[str]:
+    def _role_ids(login: str, group_path: str, rights) -> tuple[list[str], str | None]:
+        """The ids of the roles Pydio loads for the user, and why the shim forwards (None: it need not)."""
         ids = [f"AJXP_USR_/{login}", *group_role_ids(group_path)]
+        reason = None
         for _login, key, value in rights:
             if key == "ajxp.roles":
-                try:
-                    assigned = decode_option(value)
-                except OptionError:
-                    assigned = {}
-                if isinstance(assigned, dict):
-                    ids += [str(role_id) for role_id in assigned]
+                assigned = assigned_role_ids(value)
+                if assigned is None:
+                    reason = "the user's assigned roles cannot be read"
+                else:
+                    ids += assigned
             elif key == "ajxp.parent_user" and value:
                 ids.append(f"AJXP_USR_/{value}")  # a shared user inherits from its parent's personal role
-        return ids
+        return ids, reason
 
     @staticmethod
-    def _workspace_rows(conn, ws_id: str) -> list:
-        repo_rows = conn.execute(sa.select(db.repo).where(db.repo.c.uuid == ws_id)).all()
-        ids = [ws_id] + [r._mapping["parent_uuid"] for r in repo_rows if r._mapping["parent_uuid"]]
-        if len(ids) > 1:
-            repo_rows = conn.execute(sa.select(db.repo).where(db.repo.c.uuid.in_(ids)).order_by(db.repo.c.uuid)).all()
+    def _workspace_rows(conn, ws_id: str) -> tuple[list, str | None]:
+        """The workspace's rows and every parent's up the chain (options are inherited from each)."""
+        ids, repo_rows, reason = [ws_id], [], None
+        while True:
+            found = conn.execute(sa.select(db.repo).where(db.repo.c.uuid == ids[-1])).all()
+            repo_rows += found
+            parent = found[0]._mapping["parent_uuid"] if len(found) == 1 else None
+            if not parent:
+                break
+            if parent in ids or len(ids) > MAX_PARENTS:
+                reason = "the workspace's chain of parents is too long or loops"
+                break
+            ids.append(parent)
         options = conn.execute(
             sa.select(db.repo_options.c.uuid, db.repo_options.c.name, db.repo_options.c.val)
             .where(db.repo_options.c.uuid.in_(ids))
             .order_by(db.repo_options.c.uuid, db.repo_options.c.name, db.repo_options.c.oid)
         ).all()
-        return [tuple(r) for r in repo_rows] + [("option", *o) for o in options]
+        return [tuple(r) for r in repo_rows] + [("option", *o) for o in options], reason
 
     @staticmethod
     def _facts(login, stored, group_path, user, roles, role_ids, ws_id) -> Facts:

@@ -72,12 +72,12 @@ class StorageObserver:
             status, _headers, body = self.send_probe(ws_id, principal, lambda: list(headers))
             answer = "allowed" if is_allowed(status, body) else "other"
             if answer != "allowed":
-                log.info("storage observation of workspace %s answered %s: the decision is asked again", ws_id, status)
+                log.info("storage observation of workspace %r answered %s: the decision is asked again", ws_id, status)
                 on_refused()
         except UpstreamError as exc:
-            log.warning("storage observation of workspace %s failed: %s", ws_id, exc)
+            log.warning("storage observation of workspace %r failed: %s", ws_id, exc)
         except Exception:  # a worker thread must not die silently
-            log.exception("storage observation of workspace %s failed", ws_id)
+            log.exception("storage observation of workspace %r failed", ws_id)
         finally:
             with self._lock:
                 self._pending.discard(key)

@@ -88,6 +88,7 @@ class ShimApp:
             clock,
             self.metrics,
             wait_limit=(config.database_connect_timeout + config.database_read_timeout) or 60.0,
+            files=config.auth_watched_files,
         )
         self.workspaces = WorkspaceResolver(
             self.engine, config.workspaces, self.watch, config.auth_max_age, clock=clock

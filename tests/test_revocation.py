@@ -10,6 +10,7 @@ the legacy server sends none.  On MariaDB, PostgreSQL and SQLite.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,10 +18,14 @@ from dataclasses import dataclass
 import phpserialize
 import pytest
 import requests
+import sqlalchemy as sa
 from helpers import FakeClock, shim_environ
 from test_auth import STREAM, answer, has_change_row, signed, stream_rows
 
-from shim import authz
+from shim import authz, db
+from shim.changewatch import ChangeWatch
+from shim.demo.pydio_store import PydioStore
+from shim.fingerprint import Fingerprints, _digest
 
 LOGIN, PASSWORD = "erin", "erin-secret"
 ADMIN = ("admin", "admin-secret")
@@ -254,3 +259,101 @@ def test_with_the_real_clock_a_changed_password_stops_the_next_poll(standin, tea
     time.sleep(1.05)
     response = poll(shim.url)
     assert answer(response) == answer(poll(standin.url)) and response.status_code == 401
+
+
+# --- rows Pydio reads that are easy to miss ------------------------------------------------------
+
+
+def test_a_group_named_0_is_skipped_as_pydio_skips_it(standin, team, make_shim):
+    """PHP's empty("0") is true: for /0/team Pydio loads AJXP_GRP_/ and AJXP_GRP_/team."""
+    standin.store.save_role("AJXP_GRP_/team", acls={team: "rw"})
+    standin.add_user(LOGIN, PASSWORD, group_path="/0/team", rights=())
+    assert requests.post(f"{standin.url}/api/{team}/mkfile/plan.txt", auth=(LOGIN, PASSWORD)).ok
+    clock = FakeClock()
+    shim = make_shim(clock=clock)
+    poll = polls(shim.url, team, token_pair(shim.url))["basic"]
+    assert stream_rows(poll(shim.url).content)
+    standin.store.save_role("AJXP_GRP_/team", acls={})
+    clock.advance(1.001)
+    assert not has_change_row(poll(standin.url).content)
+    assert answer(poll(shim.url)) == answer(poll(standin.url))
+
+
+@pytest.mark.parametrize("stored", ["raw", "prefix twice", "json"])
+def test_assigned_roles_are_read_in_every_form_pydio_reads(standin, team, make_shim, stored):
+    standin.store.save_role(ROLE, acls={team: "rw"}, owner="someone")  # owned: applies only when assigned
+    standin.add_user(LOGIN, PASSWORD, rights=())
+    value = {
+        "raw": phpserialize.dumps({ROLE: True}).decode(),
+        "prefix twice": "$phpserial$" + phpserialize.dumps({ROLE: True}).decode().replace(":", ":$phpserial$", 1),
+        "json": '$json${"' + ROLE + '": true}',
+    }[stored]
+    with standin.engine.begin() as conn:
+        conn.execute(db.user_rights.insert().values(login=LOGIN, repo_uuid="ajxp.roles", rights=value))
+    assert standin.store.assigned_roles(LOGIN) == [ROLE]
+    assert requests.post(f"{standin.url}/api/{team}/mkfile/plan.txt", auth=(LOGIN, PASSWORD)).ok
+    clock = FakeClock()
+    shim = make_shim(clock=clock)
+    poll = polls(shim.url, team, token_pair(shim.url))["basic"]
+    assert stream_rows(poll(shim.url).content)
+    standin.store.save_role(ROLE, acls={}, owner="someone")
+    clock.advance(1.001)
+    assert not has_change_row(poll(shim.url).content)
+    assert answer(poll(shim.url)) == answer(poll(standin.url))
+
+
+def test_every_parent_of_a_workspace_counts(db_url):
+    """A share of a share inherits through each parent: a grandparent's change is a change."""
+    engine = db.create_engine(db_url)
+    store = PydioStore(engine)
+    ws = store.add_workspace("team", "AJXP_DATA_PATH/team")
+    share = store.add_workspace("s1", "AJXP_PARENT_OPTION:PATH:/a")
+    reshare = store.add_workspace("s2", "AJXP_PARENT_OPTION:PATH:/b")
+    with engine.begin() as conn:
+        conn.execute(db.repo.update().where(db.repo.c.uuid == share).values(parent_uuid=ws))
+        conn.execute(db.repo.update().where(db.repo.c.uuid == reshare).values(parent_uuid=share))
+    before = Fingerprints(engine).of(LOGIN, reshare)
+    store.delete_workspace(ws)
+    assert before.changed(Fingerprints(engine).of(LOGIN, reshare)) == ["workspace"]
+    with engine.begin() as conn:  # a loop of parents: not for the shim to follow
+        conn.execute(db.repo.update().where(db.repo.c.uuid == share).values(parent_uuid=reshare))
+    assert Fingerprints(engine).of(LOGIN, reshare).facts.forward_reason
+    engine.dispose()
+
+
+@pytest.mark.parametrize("engine_name", ["mysql"])
+def test_a_change_in_a_very_large_row_is_seen(db_url):
+    """A value over half of max_allowed_packet (HEX() would give NULL there) still changes the signature."""
+    engine = db.create_engine(db_url)
+    watch = ChangeWatch(engine, interval=0.0)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO ajxp_plugin_configs VALUES ('authfront.keystore', REPEAT('A', 9437184))"))
+    first = watch.generation()
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE ajxp_plugin_configs SET configs = CONCAT('B', SUBSTRING(configs, 2))"))
+    assert watch.generation() != first
+    engine.dispose()
+
+
+def test_row_digests_are_unambiguous():
+    two = [("erin", "ajxp.roles", "x"), ("erin", "ws", "rw")]
+    one = [("erin", "ajxp.roles", "x\x1f\x1eVerin\x1fVws\x1fVrw")]
+    assert _digest(two) != _digest(one)
+    assert _digest([("a", None)]) != _digest([("a", "")]) != _digest([("a", "N")])
+
+
+def test_watched_files_count_like_tables(db_url, tmp_path):
+    """Settings Pydio keeps in files: a new size or time is a change, so is a file that goes or comes."""
+    bootstrap = tmp_path / "bootstrap.json"
+    bootstrap.write_text('{"core.auth": {"ENABLE_USERS": true}}')
+    engine = db.create_engine(db_url)
+    watch = ChangeWatch(engine, interval=0.0, files=[str(bootstrap)])
+    first = watch.generation()
+    assert watch.generation() == first
+    bootstrap.write_text('{"core.auth": {"ENABLE_USERS": false}}')
+    os.utime(bootstrap, ns=(1, 10**18))
+    second = watch.generation()
+    assert second == first + 1
+    bootstrap.unlink()
+    assert watch.generation() == second + 1
+    engine.dispose()

@@ -8,8 +8,8 @@
  *
  * Left out, so this is a lower bound of the real cost: Pydio's boot (plugins,
  * configuration, session), the password check (PBKDF2) and role loading.
- * Basic auth is checked trivially: the login must exist in ajxp_users and hold
- * a right on the workspace; the password is not verified.  Workspaces come
+ * Basic auth is checked trivially: the login must exist in ajxp_users and its
+ * personal role must grant the workspace; the password is not verified.  Workspaces come
  * from ajxp_repo / ajxp_repo_options only (shared scope: the identifier is the
  * workspace id).  Filters are not supported (the benchmark sends none).
  *
@@ -71,8 +71,11 @@ if ($wsId === null) {
         . $wsKey . '</message></tree>';
     exit;
 }
-$right = scalar($db, 'SELECT rights FROM ajxp_user_rights WHERE login = ' . $q($login) . ' AND repo_uuid = ' . $q($wsId));
-if ($right === null || strpos($right, 'r') === false) {
+// The right is the personal role's ACL (a serialized AJXP_Role; its class is not loaded here).
+$role = scalar($db, 'SELECT serial_role FROM ajxp_roles WHERE role_id = ' . $q('AJXP_USR_/' . $login));
+$properties = $role === null ? [] : (array) unserialize($role, ['allowed_classes' => false]);
+$right = $properties["\0*\0acls"][$wsId] ?? '';
+if (!in_array($right, ['rw', 'r', 'w'], true)) {
     fail(401, 'You are not authorized to access this API.');
 }
 $recycle = (string) scalar($db, "SELECT val FROM ajxp_repo_options WHERE uuid = " . $q($wsId) . " AND name = 'RECYCLE_BIN'");

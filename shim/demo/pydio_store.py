@@ -25,6 +25,7 @@ import base64
 import collections
 import hashlib
 import hmac
+import json
 import os
 import time
 import uuid as uuid_module
@@ -247,10 +248,20 @@ class PydioStore:
             conn.execute(db.user_rights.insert().values(login=login, repo_uuid="ajxp.roles", rights=value))
 
     def assigned_roles(self, login: str) -> list[str]:
+        """The keys of ``ajxp.roles``: every ``$phpserial$`` (``$json$``) removed, else a plain serialize()."""
         value = self._right(login, "ajxp.roles")
-        if not value or not value.startswith("$phpserial$"):
+        if not value:
             return []
-        return [str(k) for k in phpserialize.loads(value[len("$phpserial$") :].encode(), decode_strings=True)]
+        try:
+            if value.startswith("$json$"):
+                decoded = json.loads(value.replace("$json$", ""))
+            elif value.startswith("$phpserial$"):
+                decoded = phpserialize.loads(value.replace("$phpserial$", "").encode(), decode_strings=True)
+            else:
+                decoded = phpserialize.loads(value.encode(), decode_strings=True)
+        except ValueError:
+            return []  # PHP's safeUnserialize gives false: no assigned role
+        return [str(k) for k in decoded] if isinstance(decoded, dict) else []
 
     def _right(self, login: str, key: str) -> str | None:
         with self.engine.connect() as conn:
@@ -262,13 +273,30 @@ class PydioStore:
         return None if row is None else row[0]
 
     def merged_roles(self, login: str) -> list[dict]:
-        """The user's roles from the lowest priority to the highest, as Pydio orders them."""
+        """The user's roles from the lowest priority to the highest, as Pydio orders them.
+
+        Read as SqlUser::load reads them: the ids the user names (groups,
+        assigned, personal) and every role that may apply automatically.
+        """
         account = self.user(login)
         group_path = account[1] if account else "/"
-        parts = [p for p in group_path.split("/") if p]
+        parts = [p for p in group_path.split("/") if p not in ("", "0")]  # PHP's empty(): "0" is empty
         group_ids = ["AJXP_GRP_/"] + ["AJXP_GRP_/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        assigned = self.assigned_roles(login)
+        wanted = [*group_ids, *assigned, f"AJXP_USR_/{login}"]
         with self.engine.connect() as conn:
-            rows = {r[0]: read_role(r[1]) for r in conn.execute(sa.select(db.roles.c.role_id, db.roles.c.serial_role))}
+            found = conn.execute(
+                sa.select(db.roles.c.role_id, db.roles.c.serial_role).where(
+                    sa.or_(
+                        db.roles.c.role_id.in_(wanted),
+                        sa.and_(
+                            db.roles.c.owner_user_id.is_(None),
+                            sa.not_(db.roles.c.role_id.startswith("AJXP_", autoescape=True)),
+                        ),
+                    )
+                )
+            ).all()
+        rows = {r[0]: read_role(r[1]) for r in found}
         auto = [
             rid
             for rid, role in rows.items()
@@ -278,16 +306,16 @@ class PydioStore:
         ]
         order = (
             sorted(g for g in group_ids if g in rows)
-            + [r for r in self.assigned_roles(login) if r in rows]
-            + [r for r in auto if r not in self.assigned_roles(login)]
+            + [r for r in assigned if r in rows]
+            + [r for r in auto if r not in assigned]
             + [f"AJXP_USR_/{login}"]
         )
         return [rows[r] for r in order if r in rows]
 
-    def acl(self, login: str, ws_id: str) -> str:
+    def acl(self, login: str, ws_id: str, roles=None) -> str:
         """The merged ACL of *login* on *ws_id*: the highest role naming the workspace decides."""
         right = ""
-        for role in self.merged_roles(login):
+        for role in self.merged_roles(login) if roles is None else roles:
             acls = {str(k): v for k, v in (role.get("acls") or {}).items()}
             if acls.get(ws_id):
                 right = acls[ws_id]
@@ -296,10 +324,10 @@ class PydioStore:
     def has_right(self, login: str, ws_id: str) -> bool:
         return self.acl(login, ws_id) in ("rw", "r", "w")
 
-    def parameter(self, login: str, scope: str, plugin: str, name: str):
+    def parameter(self, login: str, scope: str, plugin: str, name: str, roles=None):
         """A merged role parameter: higher roles win, AJXP_VALUE_CLEAR removes it."""
         value = None
-        for role in self.merged_roles(login):
+        for role in self.merged_roles(login) if roles is None else roles:
             found = ((role.get("parameters") or {}).get(_php_key(scope)) or {}).get(plugin, {})
             if name in found:
                 value = None if found[name] == CLEAR else found[name]
@@ -313,10 +341,11 @@ class PydioStore:
         """Whether the workspace offers the ``changes`` action to *login*: meta.syncable active, not disabled."""
         if not ws.syncable:
             return False
+        roles = self.merged_roles(login)
         for scope in (SCOPE_ALL, ws.id):
-            if self.parameter(login, scope, "meta.syncable", "AJXP_PLUGIN_ENABLED") in (False, "false"):
+            if self.parameter(login, scope, "meta.syncable", "AJXP_PLUGIN_ENABLED", roles) in (False, "false"):
                 return False
-        for role in self.merged_roles(login):
+        for role in roles:
             for scope in (SCOPE_ALL, ws.id):
                 if ((role.get("actions") or {}).get(_php_key(scope)) or {}).get("meta.syncable", {}).get(
                     "changes"
@@ -332,20 +361,25 @@ class PydioStore:
             allowed = [w for w in self.all_workspaces() if self.has_right(login, w.id)]
             return allowed[0] if allowed else None
         # Pydio's order: the database's ids, the built-in ids, the database's slugs, the built-in slugs.
-        builtin = list(self.workspaces)
-        stored = [w for w in self.all_workspaces() if w not in builtin]
-        for key in ("id", "slug"):
-            for ws in stored + builtin:
-                if getattr(ws, key) == ws_key:
-                    return ws
+        for key in ("uuid", "slug"):
+            stored = self.all_workspaces(db.repo.c[key] == ws_key, builtin=False)
+            if stored:
+                return stored[0]
+            builtin = [w for w in self.workspaces if getattr(w, "id" if key == "uuid" else "slug") == ws_key]
+            if builtin:
+                return builtin[0]
         return None
 
-    def all_workspaces(self):
-        found = list(self.workspaces)
+    def all_workspaces(self, where=None, builtin: bool = True):
+        """The built-in workspaces and those of ``ajxp_repo`` (only the rows matching *where*, if given)."""
+        found = list(self.workspaces) if builtin else []
         with self.engine.connect() as conn:
-            repos = conn.execute(sa.select(db.repo.c.uuid, db.repo.c.slug, db.repo.c.isTemplate)).all()
+            query = sa.select(db.repo.c.uuid, db.repo.c.slug, db.repo.c.isTemplate)
+            repos = conn.execute(query if where is None else query.where(where)).all()
             options = conn.execute(
-                sa.select(db.repo_options.c.uuid, db.repo_options.c.name, db.repo_options.c.val)
+                sa.select(db.repo_options.c.uuid, db.repo_options.c.name, db.repo_options.c.val).where(
+                    db.repo_options.c.uuid.in_([r[0] for r in repos])
+                )
             ).all()
         opts: collections.defaultdict[str, dict[str, str]] = collections.defaultdict(dict)
         for uuid, name, val in options:

@@ -74,7 +74,7 @@ class LegacyStandin:
         drop_authorization: bool = False,
         force_session_credentials: bool = False,
     ):
-        self.engine = db.create_engine(database_url)
+        self.engine = db.create_engine(database_url, pool_size=16)  # a threaded server: one per request
         self.data_dir = data_dir
         self.store = PydioStore(self.engine, workspaces)
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
