@@ -150,6 +150,13 @@ class ChangesEndpoint:
         if identifier is None:
             raise Declined
         self.observe(workspace, decision, poll.principal, how, client_headers)
+        view = app.watermark.view(poll.params.seq)
+        if view.quiet(identifier, poll.params.seq):
+            # Nothing for this workspace since the client's seq: the answer PHP gives, from memory.
+            request.feed = feed.QUIET
+            app.metrics.feed_from_memory.inc()
+            body = feed.empty_body(poll.params.stream, view.max_seq)
+            return RawResponse(200, [("Content-Type", feed.CONTENT_TYPE)], [body])
         stream = feed.FeedStream(app.feed_engine, identifier, poll.params, workspace.recycle_bin)
         if app.config.feed_is_replica and poll.params.seq > stream.very_last:
             # A client ahead of the replica (it lags the primary): answering would

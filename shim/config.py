@@ -252,6 +252,11 @@ class Config:
     database_pool_size: int = setting(
         16, "Connections kept open per worker process and per database (as many again at busy moments)."
     )
+    feed_refresh_interval: float = setting(
+        0.15,
+        "Seconds between two reads, per worker process, of what ajxp_changes holds lately; a poll with "
+        "nothing new is answered from memory, as of a read that recent. 0 reads for every poll.",
+    )
     auth_check_interval: float = setting(
         1.0,
         "Seconds between two checks, per worker process, whether a table the legacy decisions depend on "

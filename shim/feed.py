@@ -330,6 +330,25 @@ def _printable(row: dict) -> bool:
     )
 
 
+def empty_body(stream: bool, very_last: int) -> bytes:
+    """The answer with no row to send: the table's MAX (1 when it is empty) as ``last_seq``."""
+    last_seq = very_last or 1
+    return b"\nLAST_SEQ:%d" % last_seq if stream else b'{"changes":[], "last_seq":%d}' % last_seq
+
+
+class QuietAnswer:
+    """Stands for the feed of an answer made from memory (nothing sent, nothing to release)."""
+
+    rows_sent = 0
+    rows_skipped = 0
+
+    def close(self):
+        pass
+
+
+QUIET = QuietAnswer()
+
+
 def reset_body(stream: bool) -> bytes:
     """The answer to a seq above the table's MAX: "start again from zero"."""
     return b"LAST_SEQ:1" if stream else b'{"changes":[],"last_seq":1}'

@@ -73,6 +73,12 @@ class Metrics:
         self.auth_tables_changed = Counter(
             "shim_auth_tables_changed_total", "Authorization tables found changed, by table", ["table"], registry=r
         )
+        self.watermark_refreshes = Counter(
+            "shim_feed_watermark_refreshes_total", "Reads of the change table's newest rows (per process)", registry=r
+        )
+        self.feed_from_memory = Counter(
+            "shim_feed_from_memory_total", "Feed polls with nothing new, answered from memory", registry=r
+        )
         self.storage_observations = Counter(
             "shim_storage_observations_total",
             "changes calls sent on behalf of clients so the legacy server rescans observed storage, by answer",

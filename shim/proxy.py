@@ -151,6 +151,10 @@ class Slots:
             self.busy -= 1
 
 
+#: Methods that change nothing on the legacy server.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class Forwarder:
     """Sends requests on to the legacy server and relays its answers."""
 
@@ -164,6 +168,8 @@ class Forwarder:
         self.spool = Spool(
             config.proxy_max_spooled_body, config.proxy_spool_space, config.proxy_spool_min_free, config.proxy_spool_dir
         )
+        #: Called when a request that may change files was answered (the feed then reads the table afresh).
+        self.on_write = lambda: None
 
     def mapping(self, request) -> translate.Mapping:
         """The public and upstream URL spaces of *request*.
@@ -243,8 +249,13 @@ class Forwarder:
             upstream.body = translate.rewrite_body_urls(upstream.body, mapping)
             out_headers = header_policy.without(out_headers, "content-length")
         send_body = method != "HEAD" and upstream.status not in (204, 304) and not 100 <= upstream.status < 200
+        writes = method not in SAFE_METHODS
+        if writes:
+            self.on_write()
 
         def done(up):
+            if writes:
+                self.on_write()  # again: PHP may answer before its last write
             self.slots.give_back()
             self.metrics.proxy_requests.labels(status=str(up.status)).inc()
             self.metrics.proxy_bytes.inc(up.bytes_sent)

@@ -43,6 +43,7 @@ from .proxy import Forwarder
 from .request import ShimRequest, Trust
 from .responses import plain
 from .upstream import RequestRefused, make_upstream
+from .watermark import Watermark
 from .workspaces import WorkspaceResolver
 
 log = logging.getLogger("shim")
@@ -107,7 +108,9 @@ class ShimApp:
             metrics=self.metrics,
         )
         self.observer = StorageObserver(prober, self.watch.clock, self.metrics)
+        self.watermark = Watermark(self.feed_engine, config.feed_refresh_interval, clock, self.metrics)
         self.forward = Forwarder(self.upstream, config, self.keystore, self.metrics)
+        self.forward.on_write = self.watermark.invalidate
         checked = [config.database_url] + ([config.database_feed_url] if config.feed_is_replica else [])
         self.database = DatabaseState(
             [self._engine(url, pooled=False) for url in checked],

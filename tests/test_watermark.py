@@ -1,0 +1,202 @@
+"""Idle polls answered from memory: the same bytes as PHP, no query, and never a row missed.
+
+The process's watermark (:mod:`shim.watermark`) knows the table's MAX and, for
+every row added since it first read the table, its identifier.  A poll for a
+workspace with nothing new is answered from that, as PHP would have answered
+at an instant of the refresh interval; anything else goes to the database.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+import sqlalchemy as sa
+from helpers import FakeClock
+from test_auth import STREAM, credentials, stream_rows
+
+from shim import db, watermark
+
+FEED = "/api/0/changes/{seq}"
+
+
+class Statements:
+    """Counts the statements an engine runs."""
+
+    def __init__(self, *engines):
+        self.count = 0
+        for engine in engines:
+            sa.event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *args):
+        self.count += 1
+
+
+def poll(base, seq, **params):
+    return requests.get(base + FEED.format(seq=seq), params={**STREAM, **params}, auth=credentials("alice"))
+
+
+def create(standin, name, ws="0", login="alice"):
+    assert requests.post(f"{standin.url}/api/{ws}/mkfile/{name}", auth=credentials(login)).ok
+
+
+def table_max(standin) -> int:
+    with standin.engine.connect() as conn:
+        return db.max_seq(conn)
+
+
+@pytest.fixture
+def shim(standin, make_shim):
+    create(standin, "first.txt")
+    clock = FakeClock()
+    app = make_shim(clock=clock)
+    app.clock = clock
+    app.statements = Statements(app.engine, app.feed_engine)
+    return app
+
+
+def test_a_quiet_poll_is_answered_from_memory_with_the_legacy_bytes(standin, shim):
+    top = table_max(standin)
+    assert poll(shim.url, top).content == poll(standin.url, top).content  # learns the table
+    for params in ({}, {"flatten": "true"}, {"filter": "/docs"}):
+        for stream in (True, False):
+            before = shim.statements.count
+            if stream:
+                ours, legacy = poll(shim.url, top, **params), poll(standin.url, top, **params)
+            else:
+                path = FEED.format(seq=top)
+                ours = requests.get(shim.url + path, params=params, auth=credentials("alice"))
+                legacy = requests.get(standin.url + path, params=params, auth=credentials("alice"))
+            assert shim.statements.count == before, f"{params} stream={stream}: the database was asked"
+            assert (ours.status_code, ours.content, ours.headers["Content-Type"]) == (
+                legacy.status_code,
+                legacy.content,
+                legacy.headers["Content-Type"],
+            )
+    assert shim.metrics.feed_from_memory._value.get() >= 6
+
+
+def test_a_new_row_reaches_its_workspace_and_moves_everyone_s_last_seq(standin, shim):
+    top = table_max(standin)
+    poll(shim.url, top)
+    create(standin, "new.txt")  # a row for workspace 0
+    create(standin, "mine.txt", ws="my-files")  # and one for alice's My Files
+    # Within the refresh interval the memory is as PHP was at an instant of it: nothing new yet.
+    assert poll(shim.url, top).content == f"\nLAST_SEQ:{top}".encode()
+    shim.clock.advance(0.151)
+    fresh = poll(shim.url, top)
+    assert [r["target"] for r in stream_rows(fresh.content)] == ["/new.txt"]
+    assert fresh.content == poll(standin.url, top).content
+    mine = requests.get(f"{shim.url}/api/my-files/changes/{top + 1}", params=STREAM, auth=credentials("alice"))
+    assert [r["target"] for r in stream_rows(mine.content)] == ["/mine.txt"]
+    before = shim.statements.count
+    assert poll(shim.url, top + 2).content == f"\nLAST_SEQ:{top + 2}".encode()  # quiet for 0 after its row
+    assert shim.statements.count == before
+
+
+def test_a_client_ahead_of_this_process_is_never_sent_back_to_zero(standin, shim):
+    top = table_max(standin)
+    poll(shim.url, top)
+    create(standin, "elsewhere.txt", ws="my-files")
+    # The client polled another worker that already knew seq top+1; this one reads at once.
+    answer = poll(shim.url, top + 1)
+    assert answer.content == f"\nLAST_SEQ:{top + 1}".encode() == poll(standin.url, top + 1).content
+    assert poll(shim.url, top + 5).content == b"LAST_SEQ:1" == poll(standin.url, top + 5).content
+
+
+def test_below_the_floor_the_database_answers(standin, shim):
+    top = table_max(standin)
+    poll(shim.url, top)
+    before = shim.statements.count
+    old = poll(shim.url, 0)  # what the process knew nothing of when it started
+    assert shim.statements.count > before
+    assert old.content == poll(standin.url, 0).content and stream_rows(old.content)
+
+
+@pytest.mark.parametrize("engine_name", ["mysql", "postgresql"])
+def test_a_row_committed_out_of_order_is_found(standin, shim):
+    """Seq 101 in a transaction still open, 102 committed: 101 is a gap until it commits, then it is served."""
+    top = table_max(standin)
+    poll(shim.url, top)
+    holder = db.create_engine(standin.engine.url.render_as_string(hide_password=False))
+    conn = holder.connect()
+    tx = conn.begin()
+    conn.execute(db.index.insert().values(node_path="/late.txt", bytesize=1, md5="x", mtime=1,
+                                          repository_identifier="0"))  # fmt: skip
+    create(standin, "early.txt", ws="my-files")  # commits seq top+2 while top+1 is pending
+    shim.clock.advance(0.151)
+    # As PHP at this instant: the pending row is invisible, MAX is top+2.
+    assert poll(shim.url, top).content == poll(standin.url, top).content == f"\nLAST_SEQ:{top + 2}".encode()
+    assert top + 1 in shim.watermark._gaps
+    tx.commit()
+    conn.close()
+    holder.dispose()
+    shim.clock.advance(0.151)
+    late = poll(shim.url, top)
+    assert [r["target"] for r in stream_rows(late.content)] == ["/late.txt"]
+    assert late.content == poll(standin.url, top).content
+
+
+def test_a_gap_that_never_fills_raises_the_floor(standin, shim, monkeypatch):
+    top = table_max(standin)
+    poll(shim.url, top)
+    with standin.engine.begin() as conn:  # seq top+1 taken, then rolled back: a hole for good
+        conn.execute(db.changes.insert().values(seq=top + 2, repository_identifier="x", node_id=1, type="create",
+                                                source="NULL", target="/x"))  # fmt: skip
+    shim.clock.advance(0.151)
+    poll(shim.url, top + 2)
+    assert top + 1 in shim.watermark._gaps
+    shim.clock.advance(watermark.GAP_LIFETIME + 1)
+    poll(shim.url, top + 2)
+    assert top + 1 not in shim.watermark._gaps and shim.watermark.floor >= top + 1
+    before = shim.statements.count
+    assert poll(shim.url, top).content == poll(standin.url, top).content
+    assert shim.statements.count > before  # below the floor: asked
+
+
+def test_a_table_whose_max_went_down_is_read_anew(standin, shim):
+    top = table_max(standin)
+    poll(shim.url, top)
+    with standin.engine.begin() as conn:
+        conn.execute(db.changes.delete())
+    shim.clock.advance(0.151)
+    assert poll(shim.url, top).content == poll(standin.url, top).content  # "LAST_SEQ:1"? as PHP says
+    assert shim.watermark.max_seq == 0
+
+
+def test_memory_stays_bounded(standin, shim, monkeypatch):
+    monkeypatch.setattr(watermark, "MAX_IDENTIFIERS", 4)
+    top = table_max(standin)
+    poll(shim.url, top)
+    with standin.engine.begin() as conn:
+        for i in range(10):
+            conn.execute(db.changes.insert().values(seq=top + 1 + i, repository_identifier=f"ws-{i}", node_id=i,
+                                                    type="create", source="NULL", target="/x"))  # fmt: skip
+    shim.clock.advance(0.151)
+    poll(shim.url, top + 10)
+    assert len(shim.watermark._last_of) <= 4
+    assert shim.watermark.floor >= top + 6  # the forgotten identifiers' rows lie below it
+    assert poll(shim.url, top + 10).content == poll(standin.url, top + 10).content
+
+
+def test_concurrent_polls_share_one_refresh(standin, shim):
+    top = table_max(standin)
+    poll(shim.url, top)
+    shim.clock.advance(1)
+    refreshes = shim.watermark.refreshes
+    threads = [threading.Thread(target=poll, args=(shim.url, top)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert shim.watermark.refreshes - refreshes <= 2
+
+
+def test_a_write_through_the_shim_is_seen_by_the_next_poll_at_once(standin, shim):
+    top = table_max(standin)
+    poll(shim.url, top)
+    assert requests.post(f"{shim.url}/api/0/mkfile/through-the-shim.txt", auth=credentials("alice")).ok
+    # No time passed: the forwarded write alone makes the process read the table again.
+    answer = poll(shim.url, top)
+    assert [r["target"] for r in stream_rows(answer.content)] == ["/through-the-shim.txt"]
