@@ -170,6 +170,8 @@ class Stack:
         self.standin = None
         self.standin_server = None
         self.shim = None
+        self.hello = None
+        self.hello_port = 0
         self.shim_settings: dict = {}
         self.legacy_port = free_port()
         self.php_port = free_port()
@@ -186,6 +188,7 @@ class Stack:
 
     def close(self):
         self.stop_shim()
+        self.stop_hello()
         for proc in reversed(self.procs):
             stop(proc)
         self.procs.clear()
@@ -320,6 +323,33 @@ class Stack:
         while len(self.shim_workers()) < settings["workers"] and time.monotonic() < deadline:
             time.sleep(0.1)
         return settings
+
+    def start_hello(self, body: bytes) -> None:
+        """bench/hello.py under the shim's gunicorn configuration and environment (same workers, threads, logs)."""
+        self.stop_hello()
+        env = self.shim_env()
+        env["BENCH_HELLO_BODY"] = body.decode()
+        env["PYTHONPATH"] = HERE + os.pathsep + env.get("PYTHONPATH", "")
+        self.hello_port = free_port()
+        argv = [os.path.join(VENV_BIN, "python"), "-m", "gunicorn", "-c", "python:shim.gunicorn_conf",
+                "--bind", f"127.0.0.1:{self.hello_port}", "hello:app"]  # fmt: skip
+        self.hello = self._spawn(argv, "hello.out", env)
+        wait_http(self.hello_url + "/", self.hello, "the hello-world app (gunicorn)", log_file=self.hello.log_path)
+        deadline = time.monotonic() + 20
+        while len(children(self.hello.pid)) < self.shim_settings.get("workers", 2) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    @property
+    def hello_url(self) -> str:
+        return f"http://127.0.0.1:{self.hello_port}"
+
+    def hello_workers(self) -> list[int]:
+        return children(self.hello.pid) if self.hello is not None else []
+
+    def stop_hello(self):
+        if self.hello is not None:
+            stop(self.hello)
+            self.hello = None
 
     def shim_workers(self) -> list[int]:
         return children(self.shim.pid) if self.shim is not None else []

@@ -140,10 +140,10 @@ class ChangesEndpoint:
             log.error("auth probe failed: %s", exc)
             return plain(exc.status, f"pydio-shim: the legacy server could not confirm access ({exc})")
         request.log.cache = how
-        app.metrics.auth_cache.labels(result=how).inc()
+        app.metrics.child(app.metrics.auth_cache, how).inc()
         if decision.response is not None:
             status, legacy_headers, denial = decision.response
-            app.metrics.feed_requests.labels(status=str(status)).inc()
+            app.metrics.child(app.metrics.feed_requests, str(status)).inc()
             out = header_policy.without(header_policy.response_headers(legacy_headers), "content-length")
             return RawResponse(status, out + [("Content-Length", str(len(denial)))], [denial])
         identifier = workspace.identifier(decision.login, decision.group_path) if decision.allowed else None
@@ -157,7 +157,12 @@ class ChangesEndpoint:
             app.metrics.feed_from_memory.inc()
             body = feed.empty_body(poll.params.stream, view.max_seq)
             return RawResponse(200, [("Content-Type", feed.CONTENT_TYPE)], [body])
-        stream = feed.FeedStream(app.feed_engine, identifier, poll.params, workspace.recycle_bin)
+        # Above the floor (an incremental poll), the watermark's MAX, read within the
+        # refresh interval, spares the feed its own MAX statement: the SELECT brings
+        # the MAX of its own instant along.  Below it (a snapshot, a client far
+        # behind), the feed reads MAX first, then streams the rows.
+        known_max = view.max_seq if poll.params.seq >= view.floor else None
+        stream = feed.FeedStream(app.feed_engine, identifier, poll.params, workspace.recycle_bin, known_max)
         if app.config.feed_is_replica and poll.params.seq > stream.very_last:
             # A client ahead of the replica (it lags the primary): answering would
             # send it back to seq 0, a full resync.  The legacy server answers.

@@ -185,7 +185,13 @@ def create_engine(
         kwargs["pool_pre_ping"] = False  # shim.deadline pings under a deadline instead
     connect_args: dict = {}
     if read_only and backend == "mysql":
-        kwargs.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+        # Autocommit: no transaction to end, so no ROLLBACK round trip when a
+        # connection is closed or returned (SQLAlchemy would send one by default).
+        kwargs.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None, skip_autocommit_rollback=True)
+        # No ping before each use either (a round trip per poll): a connection the
+        # server has closed fails its first statement, and the feed and the
+        # watermark retry once on a new one (shim.feed.FeedStream, shim.watermark).
+        kwargs["pool_pre_ping"] = False
     if backend == "sqlite":
         # SQLite file databases are shared between threads with a small pool;
         # each connection waits for writers instead of failing at once.

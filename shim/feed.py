@@ -23,7 +23,7 @@ from urllib.parse import unquote_to_bytes
 import sqlalchemy as sa
 
 from . import db, deadline
-from .phpcompat import equals_null, is_valid_utf8_text, json_encode, parse_seq, sanitize_alphanum
+from .phpcompat import equals_null, is_valid_utf8_text, json_text, parse_seq, sanitize_alphanum
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,12 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
 
 
-def _build_feed_query(filtered: bool):
+def _build_feed_query(filtered: bool, with_max: bool = False):
     c, i = db.changes, db.index
+    # With *with_max*, each row also carries the table's MAX(seq) as of the same
+    # statement (an uncorrelated subquery, read once): one round trip gives rows
+    # and MAX from one instant, where PHP needs a SELECT and a MAX.
+    extra = [sa.select(sa.func.max(c.alias("m").c.seq)).scalar_subquery().label("very_last")] if with_max else []
     query = (
         sa.select(
             c.c.seq,
@@ -136,6 +140,7 @@ def _build_feed_query(filtered: bool):
             i.c.mtime,
             i.c.node_path,
             c.c.repository_identifier,
+            *extra,
         )
         .select_from(c.outerjoin(i, c.c.node_id == i.c.node_id))
         .where(c.c.repository_identifier == sa.bindparam("identifier"), c.c.seq > sa.bindparam("seq"))
@@ -150,15 +155,18 @@ def _build_feed_query(filtered: bool):
 
 
 # Built once: a poll only binds its values (building a statement costs as much as running it).
-_FEED_QUERIES = {False: _build_feed_query(False), True: _build_feed_query(True)}
+_FEED_QUERIES = {(f, m): _build_feed_query(f, m) for f in (False, True) for m in (False, True)}
 
 
-def feed_query_and_values(identifier: str, seq: int, filter_value: str | None):
-    """``(statement, values)`` of the legacy SELECT: the workspace's rows after *seq*, by node then seq."""
+def feed_query_and_values(identifier: str, seq: int, filter_value: str | None, with_max: bool = False):
+    """``(statement, values)`` of the legacy SELECT: the workspace's rows after *seq*, by node then seq.
+
+    *with_max* adds the table's ``MAX(seq)`` as an eleventh column of each row.
+    """
     values = {"identifier": identifier, "seq": seq}
     if filter_value is not None:
         values["pattern"] = _like_prefix(filter_value.rstrip("/") + "/")
-    return _FEED_QUERIES[filter_value is not None], values
+    return _FEED_QUERIES[filter_value is not None, with_max], values
 
 
 def feed_query(identifier: str, seq: int, filter_value: str | None):
@@ -175,19 +183,24 @@ _to_text = db.as_text
 
 
 def make_row(r) -> dict:
-    """One change row in the legacy key order."""
+    """One change row in the legacy key order.
+
+    Written for speed (it runs for every row of a snapshot): drivers hand text
+    back as ``str``, and only anything else goes through :func:`db.as_text`.
+    """
+    seq, node_id, type_, source, target, bytesize, md5, mtime, node_path, identifier = r
     return {
-        "seq": int(r[0]),
-        "node_id": int(r[1]),
-        "type": _to_text(r[2]),
-        "source": _to_text(r[3]),
-        "target": _to_text(r[4]),
+        "seq": int(seq),
+        "node_id": int(node_id),
+        "type": type_ if type_.__class__ is str else _to_text(type_),
+        "source": source if source.__class__ is str else _to_text(source),
+        "target": target if target.__class__ is str else _to_text(target),
         "node": {
-            "bytesize": _to_int(r[5]),
-            "md5": _to_text(r[6]),
-            "mtime": _to_int(r[7]),
-            "node_path": _to_text(r[8]),
-            "repository_identifier": _to_text(r[9]),
+            "bytesize": None if bytesize is None else int(bytesize),
+            "md5": md5 if md5.__class__ is str else _to_text(md5),
+            "mtime": None if mtime is None else int(mtime),
+            "node_path": node_path if node_path.__class__ is str else _to_text(node_path),
+            "repository_identifier": identifier if identifier.__class__ is str else _to_text(identifier),
         },
     }
 
@@ -274,12 +287,17 @@ def _worth_sending(row: dict) -> bool:
 def feed_rows(rows, params: FeedParams, recycle_bin: str, last_seq_box: list):
     """Yield the rows to print, in order; ``last_seq_box[0]`` ends as the legacy ``$lastSeq`` (or None).
 
+    Without flattening, ``last_seq_box[1]`` ends as the highest seq read (0 when none).
+
     *rows* is any iterable of result tuples in :func:`feed_query` column order.
     """
     last_seq = None
     if not params.flatten:
+        highest = 0
         for r in rows:
             row = make_row(r)
+            if row["seq"] > highest:
+                highest = last_seq_box[1] = row["seq"]
             if recycle_bin:
                 cancel_recycle(row, recycle_bin)
             if not filter_out(row, params.filter):
@@ -315,18 +333,38 @@ def feed_rows(rows, params: FeedParams, recycle_bin: str, last_seq_box: list):
 
 
 def _printable(row: dict) -> bool:
-    """False when a string of the row is not valid UTF-8 (PHP could not encode it)."""
+    """False when a string of the row is not valid UTF-8 (PHP could not encode it).
+
+    Undecodable bytes (surrogate escapes) and lone surrogates are never ASCII:
+    only strings that are not are put to the UTF-8 codec.
+    """
     node = row["node"]
-    return all(
-        is_valid_utf8_text(v)
-        for v in (
-            row["type"],
-            row["source"],
-            row["target"],
-            node["md5"],
-            node["node_path"],
-            node["repository_identifier"],
-        )
+    for value in (row["type"], row["source"], row["target"], node["md5"], node["node_path"],
+                  node["repository_identifier"]):  # fmt: skip
+        if value.__class__ is str and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
+def encode_row(row: dict) -> str:
+    """One row as PHP's ``json_encode`` prints it, in one pass over its fields.
+
+    The keys are the legacy ones in the legacy order (:func:`make_row`); each
+    value is written by :func:`~shim.phpcompat.json_text` (strings, and the
+    ``false`` a filter may leave in ``node_path``) or as an integer.  The same
+    text as ``json_encode(row)``, without a generic encoder walking the dicts.
+    """
+    node = row["node"]
+    bytesize, mtime = node["bytesize"], node["mtime"]
+    return (
+        f'{{"seq":{row["seq"]},"node_id":{row["node_id"]},"type":{json_text(row["type"])},'
+        f'"source":{json_text(row["source"])},"target":{json_text(row["target"])},'
+        f'"node":{{"bytesize":{"null" if bytesize is None else bytesize},"md5":{json_text(node["md5"])},'
+        f'"mtime":{"null" if mtime is None else mtime},"node_path":{json_text(node["node_path"])},'
+        f'"repository_identifier":{json_text(node["repository_identifier"])}}}}}'
     )
 
 
@@ -360,9 +398,14 @@ class FeedStream:
     Creating it runs the first queries, so that a database failure can still
     become a 503; iterating yields bytes; :meth:`close` (called by the WSGI
     server, also on client disconnect) releases the cursor and connection.
+    *very_last* is the table's ``MAX(seq)`` when the caller knows it from a
+    read made within the last moments (:mod:`shim.watermark`): the answer is
+    then the one PHP gives at that instant, and the feed skips its own MAX.
     """
 
-    def __init__(self, engine, identifier: str, params: FeedParams, recycle_bin: str = ""):
+    def __init__(
+        self, engine, identifier: str, params: FeedParams, recycle_bin: str = "", very_last: int | None = None
+    ):
         self._deadline = deadline.WATCHED.get(engine)  # PostgreSQL: fetches get a client-side deadline
         self.params = params
         self.recycle_bin = recycle_bin
@@ -373,24 +416,43 @@ class FeedStream:
         self._conn = None
         self._result = None
         self._reset = False
+        # MAX known from the caller (shim.watermark): the SELECT reads it again, with the rows.
+        self._with_max = very_last is not None
         try:
-            self._conn = engine.connect()
-            very_last = self.very_last = db.max_seq(self._conn)
-            if very_last > 0 and params.seq > very_last:
-                self._reset = True
-                self._release()
-                return
-            if params.seq >= very_last:
-                # Nothing can follow the table's MAX: the answer is the empty
-                # feed, without the query (the hot path: most polls find nothing).
-                self._exhausted = True
-                self._release()
-                return
-            streaming = self._conn.execution_options(stream_results=True, yield_per=FETCH_ROWS)
-            self._result = streaming.execute(*feed_query_and_values(identifier, params.seq, params.filter))
+            for attempt in (1, 2):
+                try:
+                    self._start(engine, identifier, very_last)
+                    break
+                except sa.exc.DBAPIError as exc:
+                    # The feed's MySQL connections are not pinged before use (shim.db):
+                    # one the server closed meanwhile fails here, and nothing was read yet.
+                    self._release()
+                    if attempt == 2 or not exc.connection_invalidated:
+                        raise
+                    log.info("feed: a pooled connection was closed by the server (%s); retrying", db.first_line(exc))
         except sa.exc.SQLAlchemyError as exc:
             self._release()
             raise FeedError(db.first_line(exc)) from exc
+
+    def _start(self, engine, identifier: str, very_last: int | None) -> None:
+        """The table's MAX (unless known) and the legacy SELECT, streamed; nothing when MAX says so."""
+        if very_last is None:
+            self._conn = engine.connect()
+            very_last = db.max_seq(self._conn)
+        self.very_last = very_last
+        if very_last > 0 and self.params.seq > very_last:
+            self._reset = True
+            self._release()
+            return
+        if self.params.seq >= very_last:
+            # Nothing can follow the table's MAX: the answer is the empty
+            # feed, without the query (the hot path: most polls find nothing).
+            self._exhausted = True
+            self._release()
+            return
+        conn = self._conn = self._conn or engine.connect()
+        statement, values = feed_query_and_values(identifier, self.params.seq, self.params.filter, self._with_max)
+        self._result = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS).execute(statement, values)
 
     def __iter__(self):
         if self._reset:
@@ -400,11 +462,13 @@ class FeedStream:
         out = [] if self.params.stream else ['{"changes":[']
         size = 0
         sent_any = False
-        last_seq_box = [None]
+        last_seq_box: list = [None, 0]
         try:
             rows = () if self._result is None else self._result  # None: nothing after MAX, no query run
             if self._result is not None and self._deadline:
                 rows = deadline.guarded_rows(self._result, self._conn, self._deadline)
+            if self._with_max:
+                rows = self._rows_and_max(rows)
             for row in feed_rows(rows, self.params, self.recycle_bin, last_seq_box):
                 if not _printable(row):
                     # PHP's json_encode fails on invalid UTF-8 and prints nothing
@@ -418,7 +482,7 @@ class FeedStream:
                             row["node_id"],
                         )
                     continue
-                text = json_encode(row)
+                text = encode_row(row)
                 if sent_any:
                     out.append(separator)
                 out.append(text)
@@ -431,11 +495,12 @@ class FeedStream:
             self._exhausted = True
             last_seq = last_seq_box[0]
             if last_seq is None:
-                # No row: the table's MAX.  PHP reads it again here; the value read
-                # before the query is the same on a quiet table, costs no second
-                # round trip and never lets the client skip a row that arrived for
-                # this workspace while the query ran.
-                last_seq = self.very_last or 1
+                # No $lastSeq: the table's MAX, which PHP reads again here.  The
+                # value read before the query (or by the watermark a moment ago)
+                # is the same on a quiet table and costs no round trip; a row read
+                # above it (committed since) raises it, as PHP's second MAX would,
+                # and a row that arrived unseen is never skipped.
+                last_seq = max(self.very_last, last_seq_box[1]) or 1
         except sa.exc.SQLAlchemyError as exc:
             # The body is already under way: end it without a LAST_SEQ line so the
             # client can never take a partial answer for a complete one.
@@ -445,6 +510,12 @@ class FeedStream:
         out.append(f"\nLAST_SEQ:{last_seq}" if self.params.stream else f'], "last_seq":{last_seq}}}')
         yield "".join(out).encode("ascii")
         self._release()
+
+    def _rows_and_max(self, rows):
+        """The rows without their MAX column; the MAX they carry becomes the feed's (the SELECT's instant)."""
+        for r in rows:
+            self.very_last = max(self.very_last, r[10])
+            yield r[:10]
 
     def _release(self):
         if self._result is not None and not self._exhausted and self._conn is not None:
@@ -459,7 +530,7 @@ class FeedStream:
                     pending = getattr(dbapi_cursor, "_result", None)
                     if pending is not None:
                         pending.unbuffered_active = False
-                    dbapi_cursor.connection = None  # type: ignore[union-attr]
+                    dbapi_cursor.connection = None
             except Exception:  # already broken: closing below is enough
                 pass
         if self._result is not None:

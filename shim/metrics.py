@@ -27,6 +27,7 @@ class Metrics:
 
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, str], object] = {}
         r = self.registry
         self.feed_requests = Counter(
             "shim_feed_requests_total", "Feed requests answered by the shim, by status", ["status"], registry=r
@@ -86,6 +87,19 @@ class Metrics:
             registry=r,
         )
         self.upstream_errors = Counter("shim_upstream_errors_total", "Upstream failures, by kind", ["kind"], registry=r)
+
+    def child(self, metric, value: str):
+        """``metric.labels(value)``, remembered.
+
+        ``labels()`` validates, takes a lock and builds a tuple on every call:
+        microseconds that count on a feed poll answered from memory.  The values
+        used on that path are few (statuses, cache results).
+        """
+        key = (id(metric), value)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(value)
+        return found
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

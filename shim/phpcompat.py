@@ -119,7 +119,41 @@ def json_encode(value) -> str:
 
 def json_string(text: str) -> str:
     """One string as PHP's ``json_encode`` writes it, quotes included."""
-    return fix_escaped_del(json.dumps(text, ensure_ascii=True).replace("/", "\\/"))
+    return json_scalar(text)
+
+
+# json's own C string escaper (what json.dumps(ensure_ascii=True) runs for each string).
+_ascii_string = json.encoder.encode_basestring_ascii
+
+
+def json_scalar(value) -> str:
+    """One scalar (``None``, a bool, an int or a string) as PHP's ``json_encode`` writes it.
+
+    The same text :func:`json_encode` gives for it, without building a whole
+    document: the feed writes each row of a snapshot from its scalars.
+    """
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    text = _ascii_string(value)
+    if "/" in text:
+        text = text.replace("/", "\\/")
+    return fix_escaped_del(text)
+
+
+def json_text(value) -> str:
+    """:func:`json_scalar` for a value that is nearly always a string: that case first, inline."""
+    if value.__class__ is str:
+        text = _ascii_string(value)
+        if "/" in text:
+            text = text.replace("/", "\\/")
+        return fix_escaped_del(text) if "\\u007f" in text else text
+    return json_scalar(value)
 
 
 def fix_escaped_del(text: str) -> str:

@@ -257,7 +257,7 @@ class Forwarder:
             if writes:
                 self.on_write()  # again: PHP may answer before its last write
             self.slots.give_back()
-            self.metrics.proxy_requests.labels(status=str(up.status)).inc()
+            self.metrics.child(self.metrics.proxy_requests, str(up.status)).inc()
             self.metrics.proxy_bytes.inc(up.bytes_sent)
             self.metrics.proxy_latency.observe(time.perf_counter() - started)
 

@@ -21,15 +21,27 @@ from .phpcompat import parse_query
 class Trust:
     """Which peers are proxies whose forwarding headers the shim believes."""
 
+    #: Peers remembered (a few proxies and clients); beyond, the memory starts again.
+    MAX_REMEMBERED = 4096
+
     def __init__(self, networks):
         self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        # Parsing an address costs microseconds on every request; the answer never changes.
+        self._known: dict[str, bool] = {}
 
     def __contains__(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.networks)
+        known = self._known.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                known = False
+            else:
+                known = any(ip in network for network in self.networks)
+            if len(self._known) >= self.MAX_REMEMBERED:
+                self._known = {}
+            self._known[address] = known
+        return known
 
     def client_address(self, peer: str, forwarded_for: str | None) -> str:
         """The client's address as nginx's ``real_ip_recursive`` finds it.

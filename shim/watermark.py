@@ -11,8 +11,8 @@ PHP would have given at an instant of that interval.
 
 Certainty comes first:
 
-- Only seqs above the *floor* are known: the MAX when the process first read
-  the table, raised when the memory bound is reached.  A poll below it goes to
+- Only seqs above the *floor* are known: ``INITIAL_TAIL`` seqs below the MAX
+  when the process first read the table, raised when the memory bound is reached.  A poll below it goes to
   the database, as before.
 - Seqs can commit out of order (two transactions, a rollback): a seq missing
   between two known ones is a *gap*, read again at each refresh until its row
@@ -45,6 +45,8 @@ MAX_IDENTIFIERS = 100_000
 MAX_GAPS = 10_000
 #: Rows read in one refresh at most; a larger burst resets the memory (the floor becomes the MAX).
 MAX_ROWS_PER_REFRESH = 50_000
+#: Seqs below the MAX learned at the first read (the table's latest rows).
+INITIAL_TAIL = 10_000
 
 _MAX = sa.select(sa.func.max(db.changes.c.seq))
 
@@ -88,7 +90,7 @@ class Watermark:
         self._read_at: float | None = None  # when the last completed refresh started
         self._stale = False  # a write went through this process since: read again before answering
         self._lock = threading.Lock()
-        self.refreshes = 0
+        self.refreshes = 0  # refreshes begun so far (counted under the lock, when each begins)
 
     def invalidate(self) -> None:
         """Something was written through this process: the next view reads the table first."""
@@ -104,6 +106,7 @@ class Watermark:
         Raises :class:`sqlalchemy.exc.SQLAlchemyError` when the database fails.
         """
         now = self.clock()
+        reads_begun = self.refreshes
         read_at = self._read_at
         fresh = read_at is not None and not self._stale and now - read_at < self.refresh_interval
         if fresh and (seq is None or seq <= self.max_seq):
@@ -112,7 +115,7 @@ class Watermark:
             read_at = self._read_at  # another request may have refreshed while this one waited
             fresh = read_at is not None and not self._stale and now - read_at < self.refresh_interval
             if seq is not None and seq > self.max_seq:
-                fresh = read_at is not None and read_at >= now  # only a read begun after this request counts
+                fresh = self.refreshes > reads_begun  # only a read begun after this request counts
             if not fresh:
                 self._refresh()
             return View(self.max_seq, self.floor, self)
@@ -121,22 +124,39 @@ class Watermark:
         started = self.clock()
         self._stale = False  # a write landing during this read marks it stale again
         self.refreshes += 1
+        try:
+            self._read(started)
+        except sa.exc.DBAPIError as exc:
+            # Pooled feed connections are not pinged before use (shim.db): one the
+            # server closed fails its first statement, and a new one is asked once.
+            if not exc.connection_invalidated:
+                raise
+            self._read(started)
+        self._read_at = started
+        if self.metrics is not None:
+            self.metrics.watermark_refreshes.inc()
+
+    def _read(self, started: float) -> None:
         with self.engine.connect() as conn:
             table_max = int(conn.execute(_MAX).scalar() or 0)
-            if table_max < self.max_seq or self._read_at is None:
-                self._reset(table_max, "first read" if self._read_at is None else "the table's MAX went down")
+            if self._read_at is None:
+                # The last rows already there count too: a client a little behind
+                # (it polled a moment before this process started) is answered as well.
+                self._reset(table_max, "first read")
+                self.max_seq = self.floor = max(0, table_max - INITIAL_TAIL)
+                self._learn(conn.execute(_new_rows(self.max_seq, table_max, {})).all(), table_max, started)
+                log.info("feed watermark: polls at or above seq %d are answered from memory", self.floor)
+            elif table_max < self.max_seq:
+                self._reset(table_max, "the table's MAX went down")
             elif table_max > self.max_seq or self._gaps:
                 rows = conn.execute(_new_rows(self.max_seq, table_max, self._gaps)).all()
                 if len(rows) > MAX_ROWS_PER_REFRESH:
                     self._reset(table_max, f"more than {MAX_ROWS_PER_REFRESH} new rows at once")
                 else:
                     self._learn(rows, table_max, started)
-        self._read_at = started
-        if self.metrics is not None:
-            self.metrics.watermark_refreshes.inc()
 
     def _reset(self, table_max: int, why: str) -> None:
-        log.info("feed watermark: %s; polls at or above seq %d are answered from memory", why, table_max)
+        log.info("feed watermark: %s; the memory starts at seq %d", why, table_max)
         self.max_seq = self.floor = table_max
         self._last_of.clear()
         self._gaps.clear()

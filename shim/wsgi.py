@@ -194,8 +194,9 @@ class ShimApp:
         stream = getattr(request, "feed", None)
         if stream is not None:
             request.log.rows = stream.rows_sent
-            self.metrics.feed_requests.labels(status=str(request.log.status)).inc()
-            self.metrics.feed_rows.inc(stream.rows_sent)
+            self.metrics.child(self.metrics.feed_requests, str(request.log.status)).inc()
+            if stream.rows_sent:
+                self.metrics.feed_rows.inc(stream.rows_sent)
             if stream.rows_skipped:
                 self.metrics.feed_rows_skipped.inc(stream.rows_skipped)
             self.metrics.feed_latency.observe(seconds)

@@ -105,13 +105,32 @@ def test_a_client_ahead_of_this_process_is_never_sent_back_to_zero(standin, shim
     assert poll(shim.url, top + 5).content == b"LAST_SEQ:1" == poll(standin.url, top + 5).content
 
 
-def test_below_the_floor_the_database_answers(standin, shim):
+def test_below_the_floor_the_database_answers(standin, shim, monkeypatch):
+    monkeypatch.setattr(watermark, "INITIAL_TAIL", 1)
+    create(standin, "second.txt", ws="my-files")
     top = table_max(standin)
     poll(shim.url, top)
+    assert shim.watermark.floor == top - 1
     before = shim.statements.count
     old = poll(shim.url, 0)  # what the process knew nothing of when it started
     assert shim.statements.count > before
     assert old.content == poll(standin.url, 0).content and stream_rows(old.content)
+    before = shim.statements.count
+    assert poll(shim.url, top - 1).content == poll(standin.url, top - 1).content  # at the floor: memory
+    assert shim.statements.count == before
+
+
+def test_the_latest_rows_are_known_from_the_first_read(standin, shim):
+    """A client a little behind when the process starts is answered from memory too."""
+    create(standin, "mine.txt", ws="my-files")
+    top = table_max(standin)
+    first = poll(shim.url, top)  # the first read learns the table's latest rows
+    assert first.content == poll(standin.url, top).content
+    assert shim.watermark.floor == 0  # the whole (small) table is within the tail
+    before = shim.statements.count
+    behind = poll(shim.url, top - 1)  # workspace 0 has nothing after top - 1 (its row is first.txt, older)
+    assert behind.content == poll(standin.url, top - 1).content == f"\nLAST_SEQ:{top}".encode()
+    assert shim.statements.count == before
 
 
 @pytest.mark.parametrize("engine_name", ["mysql", "postgresql"])
@@ -200,3 +219,33 @@ def test_a_write_through_the_shim_is_seen_by_the_next_poll_at_once(standin, shim
     # No time passed: the forwarded write alone makes the process read the table again.
     answer = poll(shim.url, top)
     assert [r["target"] for r in stream_rows(answer.content)] == ["/through-the-shim.txt"]
+
+
+@pytest.mark.parametrize("engine_name", ["mysql"])
+def test_feed_connections_closed_by_the_server_are_replaced_without_a_forward(standin, shim):
+    """The feed's MySQL connections are not pinged before use: one the server killed is retried once, not forwarded."""
+    top = table_max(standin)
+    poll(shim.url, top)
+    create(standin, "after-kill.txt")
+    feed_ids = []
+    with shim.feed_engine.connect() as conn:  # the pooled connection the feed and the watermark use
+        feed_ids.append(conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar())
+    with standin.engine.connect() as admin:
+        for connection_id in feed_ids:
+            admin.exec_driver_sql(f"KILL {int(connection_id)}")
+    forwarded = standin.calls["changes"]
+    shim.clock.advance(0.151)  # the watermark reads first (on the killed connection), then the feed
+    fresh = poll(shim.url, top)
+    assert fresh.status_code == 200
+    assert [r["target"] for r in stream_rows(fresh.content)] == ["/after-kill.txt"]
+    assert fresh.content == poll(standin.url, top).content
+    assert standin.calls["changes"] == forwarded + 1  # only the comparison poll above reached the stand-in
+    # Now the feed's own query meets a killed connection (the watermark is fresh: it reads nothing).
+    with shim.feed_engine.connect() as conn:
+        killed = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+    with standin.engine.connect() as admin:
+        admin.exec_driver_sql(f"KILL {int(killed)}")
+    forwarded = standin.calls["changes"]
+    everything = poll(shim.url, 0)  # below the floor: the database answers
+    assert everything.status_code == 200 and standin.calls["changes"] == forwarded
+    assert everything.content == poll(standin.url, 0).content
