@@ -119,23 +119,23 @@ def cmd_doctor(args) -> int:
 def cmd_install_schema(args) -> int:
     import sqlalchemy as sa
 
-    from . import db, schema
+    from . import db, dbcheck, schema
 
     config = _load_config(args)
-    missing_file = db.sqlite_file_problem(config.database_url)
+    missing_file = dbcheck.sqlite_file_problem(config.database_url)
     if missing_file:
         print(f"pydio-shim install-schema: {missing_file}", file=sys.stderr)
         return 1
-    print(f"-- database {db.masked_url(config.database_url)}")
+    print(f"-- database {dbcheck.masked_url(config.database_url)}")
     # A plain engine: nothing is set on the database as a side effect (no SQLite
     # journal mode), so that --dry-run really changes nothing.
-    engine = db.connect_engine(config.database_url, timeout=10)
+    engine = dbcheck.connect_engine(config.database_url, timeout=10)
     try:
         try:
             with engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
         except sa.exc.SQLAlchemyError as exc:
-            seen, fix = db.describe_db_error(exc, config.database_url)
+            seen, fix = dbcheck.describe_db_error(exc, config.database_url)
             print(f"pydio-shim install-schema: cannot connect: {seen}\n  fix: {fix}", file=sys.stderr)
             return 1
         try:

@@ -18,7 +18,6 @@ the root, ``"/a/b"`` otherwise (one leading slash, none trailing).
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import tomllib
 import typing
@@ -27,14 +26,26 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from .config_values import (
+    STOCK_WORKSPACES,
+    WORKSPACES_SECTION,
+    BuiltinWorkspace,
+    ConfigError,
+    builtin_workspaces,
+    canonical_prefix,
+    check_admin_path,
+    check_bind,
+    check_database_url,
+    check_log_level,
+    check_networks,
+    check_optional_prefix,
+    check_public_origin,
+    check_upstream_url,
+)
+
 ENV_PREFIX = "PYDIO_SHIM_"
 #: The one configuration path the documentation, the examples and the systemd unit use.
 DEFAULT_CONFIG_PATH = "/etc/pydio-shim/shim.toml"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class ConfigError(ValueError):
-    """A setting is missing or invalid; the message names it."""
 
 
 def setting(
@@ -56,143 +67,6 @@ def setting(
     )
 
 
-# --- checks of single values: (setting name, value) -> value, or raise ConfigError -----------
-
-
-def canonical_prefix(name: str, value: str) -> str:
-    """``""`` for the root, else ``/a/b``; a prefix must start with ``/``."""
-    if not value.startswith("/"):
-        raise ConfigError(f"setting {name}: a path prefix must start with '/', got {value!r}")
-    parts = [p for p in value.split("/") if p]
-    return "/" + "/".join(parts) if parts else ""
-
-
-def _optional_prefix(name: str, value: str) -> str | None:
-    return None if value == "" else canonical_prefix(name, value)
-
-
-def _upstream_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https", "fcgi", "unix") or (
-        parts.scheme in ("http", "https") and not parts.hostname
-    ):
-        raise ConfigError(
-            f"setting {name}: expected http://host[:port][/path], https://..., fcgi://host:port "
-            f"or unix:/path, got {value!r}"
-        )
-    if parts.query or parts.fragment:
-        raise ConfigError(f"setting {name}: no query or fragment allowed, got {value!r}")
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        raise ConfigError(f"setting {name}: the port is not a number in {value!r}") from None
-    return value
-
-
-def _database_url(name: str, value: str) -> str:
-    """An SQLAlchemy URL of an engine Pydio supports, whose driver is installed."""
-    if not value:
-        return value
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    example = "mysql+pymysql://user:pw@host/db, postgresql+psycopg2://..., sqlite:////path/pydio.db"
-    try:
-        url = make_url(value)
-        backend = url.get_backend_name()
-    except ArgumentError:
-        raise ConfigError(f"setting {name}: not an SQLAlchemy URL (expected e.g. {example})") from None
-    if backend not in ("mysql", "postgresql", "sqlite"):
-        raise ConfigError(f"setting {name}: engine {backend!r} is not one Pydio supports (mysql, postgresql, sqlite)")
-    fix = {"mysql": "mysql+pymysql://", "postgresql": "postgresql+psycopg2://", "sqlite": "sqlite:///"}[backend]
-    try:
-        url.get_dialect().import_dbapi()
-    except NoSuchModuleError:
-        raise ConfigError(f"setting {name}: SQLAlchemy has no driver {url.drivername!r}; use {fix}...") from None
-    except ImportError as exc:
-        raise ConfigError(
-            f"setting {name}: {url.drivername}:// needs the Python module {exc.name or 'of its driver'}"
-            f", which is not installed; use {fix}... (installed with the shim)"
-        ) from None
-    return value
-
-
-def _public_origin(name: str, value: str) -> str:
-    if not value:
-        return value
-    parts = urlsplit(value)
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-    ):
-        raise ConfigError(f"setting {name}: expected scheme://host[:port] (no path), got {value!r}")
-    return value.rstrip("/")
-
-
-def _networks(name: str, value: tuple[str, ...]) -> tuple[str, ...]:
-    for entry in value:
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            raise ConfigError(f"setting {name}: {entry!r} is not an IP address or network") from None
-    return value
-
-
-def _admin_path(name: str, value: str) -> str:
-    if value and not value.startswith("/"):
-        raise ConfigError(f"setting {name}: must start with '/' (or be empty to turn it off)")
-    return value
-
-
-def _bind(name: str, value: str) -> str:
-    if value.startswith(("unix:", "fd://")):
-        return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"setting {name}: expected host:port or unix:/path, got {value!r}")
-    return value
-
-
-def _log_level(name: str, value: str) -> str:
-    if value.upper() not in LOG_LEVELS:
-        raise ConfigError(f"setting {name}: one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    return value.upper()
-
-
-# --- the settings ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BuiltinWorkspace:
-    """A workspace defined in Pydio's ``conf/bootstrap_repositories.php``.
-
-    Those live in PHP, not in the database, so the shim is told about them here.
-    ``path`` and ``container`` are the raw option values (``AJXP_USER`` and
-    ``AJXP_GROUP_PATH`` in them decide the security scope).
-    """
-
-    id: str
-    slug: str
-    path: str = ""
-    container: str = ""
-    access_type: str = "fs"
-    recycle_bin: str = ""
-    syncable: bool = False
-
-
-#: The stock built-in workspaces of a Pydio 8 install (ids 0 and 1, see docs/configuration.md).
-#: ``my-files`` is user-scoped because its PATH holds ``AJXP_USER``.
-STOCK_WORKSPACES = (
-    BuiltinWorkspace(id="0", slug="default", path="AJXP_DATA_PATH/files", recycle_bin="recycle_bin", syncable=True),
-    BuiltinWorkspace(
-        id="1", slug="my-files", path="AJXP_DATA_PATH/personal/AJXP_USER", recycle_bin="recycle_bin", syncable=True
-    ),
-)
-
-
 @dataclass(frozen=True)
 class Config:
     """Every setting of the shim, validated.  Build one with :func:`load`."""
@@ -202,7 +76,7 @@ class Config:
         "The legacy Pydio server: http(s)://host[:port][/path] (its web server; a path is the install's "
         "prefix), or fcgi://host:port / unix:/path (PHP-FPM directly, with document_root).",
         required=True,
-        check=_upstream_url,
+        check=check_upstream_url,
     )
     upstream_prefix: str = setting(
         "",
@@ -221,23 +95,25 @@ class Config:
         None,
         "The path clients reach the shim at. Empty: from a trusted proxy's X-Forwarded-Prefix, else "
         "gunicorn's SCRIPT_NAME, else /.",
-        check=_optional_prefix,
+        check=check_optional_prefix,
     )
     public_origin: str = setting(
         "",
         "scheme://host[:port] clients reach the shim at, for rewritten URLs. Empty: from each request's "
         "Host (or a trusted X-Forwarded-Host), used only when it is a valid host name.",
-        check=_public_origin,
+        check=check_public_origin,
     )
     database_url: str = setting(
         "",
         "Pydio's own database, as an SQLAlchemy URL (mysql+pymysql://, postgresql+psycopg2://, "
         "sqlite:////path). Read only.",
         required=True,
-        check=_database_url,
+        check=check_database_url,
     )
     database_feed_url: str = setting(
-        "", "Where the change feed is read from, e.g. a read-only replica. Empty: database.url.", check=_database_url
+        "",
+        "Where the change feed is read from, e.g. a read-only replica. Empty: database.url.",
+        check=check_database_url,
     )
     database_connect_timeout: float = setting(
         5.0, "Seconds to wait for a new database connection, handshake included. 0: no limit."
@@ -286,7 +162,7 @@ class Config:
         ("127.0.0.1", "::1"),
         "Addresses or networks whose X-Forwarded-* headers are believed (the proxy in "
         "front of the shim). Also gunicorn's forwarded_allow_ips.",
-        check=_networks,
+        check=check_networks,
     )
     proxy_max_upstream_requests: int = setting(
         16,
@@ -309,15 +185,15 @@ class Config:
     admin_health_path: str = setting(
         "/_shim/health",
         "The health endpoint under the public prefix (JSON, 200 or 503). Empty turns it off.",
-        check=_admin_path,
+        check=check_admin_path,
     )
     admin_metrics_path: str = setting(
         "/_shim/metrics",
         "The Prometheus metrics endpoint under the public prefix. Empty turns it off.",
-        check=_admin_path,
+        check=check_admin_path,
     )
     server_bind: str = setting(
-        "127.0.0.1:8080", "Where pydio-shim serve listens: host:port or unix:/path (--bind wins).", check=_bind
+        "127.0.0.1:8080", "Where pydio-shim serve listens: host:port or unix:/path (--bind wins).", check=check_bind
     )
     server_workers: int = setting(0, "gunicorn worker processes; 0: one per core, at least 2.")
     server_threads: int = setting(32, "Threads per worker process (each carries one request at a time).")
@@ -332,7 +208,9 @@ class Config:
     metrics_multiprocess_dir: str = setting(
         "", "Where the workers of one server share their metrics. Empty: a new temporary directory per start."
     )
-    log_level: str = setting("INFO", "DEBUG, INFO (one access line per request), WARNING or ERROR.", check=_log_level)
+    log_level: str = setting(
+        "INFO", "DEBUG, INFO (one access line per request), WARNING or ERROR.", check=check_log_level
+    )
     workspaces: tuple[BuiltinWorkspace, ...] = dataclasses.field(
         default=STOCK_WORKSPACES,
         metadata={
@@ -362,7 +240,6 @@ class Config:
 
 #: The field holding the [[builtin_workspaces]] array: it is not a ``section.key`` setting.
 WORKSPACES_FIELD = "workspaces"
-WORKSPACES_SECTION = "builtin_workspaces"
 
 
 @dataclass(frozen=True)
@@ -477,30 +354,6 @@ def _coerce(name: str, s: Setting, value):
         raise ConfigError(f"setting {name}: expected {expected}, got {value!r}") from None
 
 
-def _workspaces(raw) -> tuple[BuiltinWorkspace, ...]:
-    if not isinstance(raw, list):
-        raise ConfigError(f"setting {WORKSPACES_SECTION}: expected an array of tables ([[{WORKSPACES_SECTION}]])")
-    known = {f.name for f in dataclasses.fields(BuiltinWorkspace)}
-    result = []
-    for index, entry in enumerate(raw):
-        where = f"{WORKSPACES_SECTION}[{index}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"setting {where}: expected a table")
-        unknown = set(entry) - known
-        if unknown:
-            raise ConfigError(f"setting {where}.{sorted(unknown)[0]}: unknown key")
-        for key in ("id", "slug"):
-            if not isinstance(entry.get(key), str) or not entry[key]:
-                raise ConfigError(f"setting {where}.{key}: required, a non-empty string")
-        if "syncable" in entry and not isinstance(entry["syncable"], bool):
-            raise ConfigError(f"setting {where}.syncable: expected true or false")
-        for key in ("path", "container", "access_type", "recycle_bin"):
-            if key in entry and not isinstance(entry[key], str):
-                raise ConfigError(f"setting {where}.{key}: expected a string")
-        result.append(BuiltinWorkspace(**entry))
-    return tuple(result)
-
-
 def _read_file(path: str) -> dict:
     try:
         with open(path, "rb") as fh:
@@ -533,7 +386,7 @@ def _from_file(data: dict) -> tuple[dict, dict[str, str]]:
     sections = {s.section for s in SETTINGS}
     for section, content in data.items():
         if section == WORKSPACES_SECTION:
-            values[WORKSPACES_FIELD] = _workspaces(content)
+            values[WORKSPACES_FIELD] = builtin_workspaces(content)
             continue
         for key in content if isinstance(content, dict) else ():
             if f"{section}.{key}" in REPLACED:

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shim.feed import FeedParams, encode_row, feed_rows, make_row, parse_feed_params
+from shim.feed import FeedParams, parse_feed_params
+from shim.feedrows import encode_row, feed_rows, make_row
 from shim.phpcompat import json_encode
 
 

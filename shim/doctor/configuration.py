@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import db
+from .. import dbcheck
 from .base import OK, Context, check
 
 
@@ -13,5 +13,5 @@ def configuration(ctx: Context):
     public = "(from X-Forwarded-Prefix)" if c.public_prefix is None else (c.public_prefix or "/")
     return OK, (
         f"{where}: upstream {c.upstream_url} prefix {c.upstream_prefix or '/'}, database "
-        f"{db.masked_url(c.database_url)}, public prefix {public}, {len(c.workspaces)} built-in workspace(s)"
+        f"{dbcheck.masked_url(c.database_url)}, public prefix {public}, {len(c.workspaces)} built-in workspace(s)"
     )

@@ -7,7 +7,7 @@ import time
 
 import sqlalchemy as sa
 
-from .. import changewatch, db, fingerprint, schema
+from .. import changewatch, db, dbcheck, fingerprint, schema
 from .base import FAILED, OK, SKIPPED, WARNING, Context, Stop, check
 
 #: Tables of Pydio's SQL configuration and authentication that the shim reads.
@@ -21,23 +21,23 @@ _NO_DATABASE = {"database": "the database is not reachable (see above)"}
 def connect(url: str, timeout: float):
     """``(engine, server version, tables)`` of *url*, or :class:`Stop` saying what is wrong."""
     try:
-        engine = db.connect_engine(url, timeout)
-    except db.DiagnosticError as exc:
+        engine = dbcheck.connect_engine(url, timeout)
+    except dbcheck.DiagnosticError as exc:
         raise Stop(FAILED, exc.seen, exc.fix) from None
     except (ImportError, sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as exc:
         raise Stop(
             FAILED,
-            f"cannot use {db.masked_url(url)}: {db.first_line(exc)}",
+            f"cannot use {dbcheck.masked_url(url)}: {db.first_line(exc)}",
             "install the database driver (PyMySQL, psycopg2) or correct the URL's scheme",
         ) from None
     try:
         with engine.connect() as conn:
-            version = db.server_version(conn)
+            version = dbcheck.server_version(conn)
             tables = db.installed_tables(conn)
     except sa.exc.SQLAlchemyError as exc:
         engine.dispose()
-        seen, fix = db.describe_db_error(exc, url)
-        raise Stop(FAILED, f"{db.masked_url(url)}: {seen}", fix) from None
+        seen, fix = dbcheck.describe_db_error(exc, url)
+        raise Stop(FAILED, f"{dbcheck.masked_url(url)}: {seen}", fix) from None
     return engine, version, tables
 
 
@@ -50,7 +50,7 @@ def need_tables(ctx: Context, *names: str) -> None:
 @check("database", "database reachable")
 def database(ctx: Context):
     ctx.engine, version, ctx.tables = connect(ctx.config.database_url, ctx.timeout)
-    return OK, f"{db.masked_url(ctx.config.database_url)}: {version}"
+    return OK, f"{dbcheck.masked_url(ctx.config.database_url)}: {version}"
 
 
 @check("feed_database", "feed database (database.feed_url) reachable", when=lambda ctx: ctx.config.feed_is_replica)
@@ -62,7 +62,7 @@ def feed_database(ctx: Context):
         if missing:
             raise Stop(
                 FAILED,
-                f"{db.masked_url(url)} ({version}) has no {', '.join(missing)}",
+                f"{dbcheck.masked_url(url)} ({version}) has no {', '.join(missing)}",
                 "database.feed_url must name a replica of Pydio's database",
             )
         with engine.connect() as conn:
@@ -73,7 +73,7 @@ def feed_database(ctx: Context):
     if ctx.engine is not None and "ajxp_changes" in ctx.tables:
         with ctx.db.connect() as conn:
             primary = f" (primary: {db.max_seq(conn)})"
-    return OK, f"{db.masked_url(url)}: {version}, ajxp_changes up to seq {replica_max}{primary}"
+    return OK, f"{dbcheck.masked_url(url)}: {version}, ajxp_changes up to seq {replica_max}{primary}"
 
 
 @check("tables", "tables present", needs=_NO_DATABASE)
@@ -185,7 +185,7 @@ def trigger_firing(ctx: Context):
         node_id, logged = _fire_triggers(ctx, dialect, marker, first, second)
     except sa.exc.SQLAlchemyError as exc:
         reason = db.first_line(exc)
-        if db.is_permission_error(exc):
+        if dbcheck.is_permission_error(exc):
             raise Stop(
                 WARNING,
                 f"not run: the database user may not write ({reason}); the shim itself only "

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import sqlalchemy as sa
 
 from .. import config as config_module
-from .. import db, translate
+from .. import db, dbcheck, translate
 from ..authz import PROBE_SEQ
 from ..upstream import UpstreamError, UpstreamTimeout, make_upstream
 from ..workspaces import OptionError, WorkspaceResolver, from_builtin
@@ -109,7 +109,7 @@ def upstream(ctx: Context):
     except UpstreamError as exc:
         raise Stop(
             FAILED,
-            f"cannot connect to {where}: {db.os_reason(exc) or exc}",
+            f"cannot connect to {where}: {dbcheck.os_reason(exc) or exc}",
             "start the web server (or PHP-FPM) serving Pydio, or correct upstream.url",
         ) from None
     if status >= 500:
@@ -218,10 +218,10 @@ def _password_verdict(ctx: Context) -> tuple[bool | None, str]:
     engine, own = ctx.engine, None
     try:
         if engine is None:
-            engine = own = db.connect_engine(ctx.config.database_url, ctx.timeout)
+            engine = own = dbcheck.connect_engine(ctx.config.database_url, ctx.timeout)
         with engine.connect() as conn:
             row = conn.execute(sa.select(db.users.c.password).where(db.users.c.login == ctx.login)).first()
-    except (db.DiagnosticError, sa.exc.SQLAlchemyError, ImportError):
+    except (dbcheck.DiagnosticError, sa.exc.SQLAlchemyError, ImportError):
         return None, "the database could not be read to tell which"
     finally:
         if own is not None:

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import requests
 
-from .. import db
+from .. import db, dbcheck
 from .base import FAILED, OK, SKIPPED, WARNING, Context, Stop, body_hint, check
 
 
@@ -20,7 +20,7 @@ def shim(ctx: Context):
     try:
         response = ctx.http.get(url, timeout=ctx.timeout * 3)
     except requests.RequestException as exc:
-        reason = db.os_reason(exc) or exc.__class__.__name__
+        reason = dbcheck.os_reason(exc) or exc.__class__.__name__
         raise Stop(
             FAILED if ctx.login else WARNING,
             f"nothing answers at {url} ({reason})",
