@@ -44,6 +44,14 @@ _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _CACHE_KEY_SECRET = os.urandom(32)
 
 
+# The principal of a Basic header depends on the header alone: decoding it and
+# keying it cost microseconds on every poll, so each process remembers the headers
+# it has seen (in memory only, as the decisions keyed by them are).  Whether the
+# credentials are still good is not decided here but by the authorization decision.
+_BASIC_PRINCIPALS: dict[str, Principal] = {}
+_MAX_BASIC_PRINCIPALS = 1024  # headers are at most 4 KiB: 4 MiB at most
+
+
 def _keyed(*parts: str | bytes) -> str:
     mac = hmac.new(_CACHE_KEY_SECRET, digestmod=hashlib.sha256)
     for part in parts:
@@ -205,7 +213,17 @@ def authenticate(
         return Principal("token", pydio_user_id(user_id), key, token=credentials.token, private=private)
     if "auth_token" in params or "auth_hash" in params:
         return None
-    basic = basic_login(authorization)
-    if basic is None or authorization is None:
+    if authorization is None:
         return None
-    return Principal("basic", pydio_user_id(basic[0]), _keyed("basic", authorization), authorization=authorization)
+    principal = _BASIC_PRINCIPALS.get(authorization)
+    if principal is None:
+        basic = basic_login(authorization)
+        if basic is None:
+            return None
+        principal = Principal(
+            "basic", pydio_user_id(basic[0]), _keyed("basic", authorization), authorization=authorization
+        )
+        if len(_BASIC_PRINCIPALS) >= _MAX_BASIC_PRINCIPALS:
+            _BASIC_PRINCIPALS.clear()
+        _BASIC_PRINCIPALS[authorization] = principal
+    return principal

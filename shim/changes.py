@@ -150,6 +150,11 @@ class ChangesEndpoint:
         if identifier is None:
             raise Declined
         self.observe(workspace, decision, poll.principal, how, client_headers)
+        return self.rows(request, poll, workspace, identifier)
+
+    def rows(self, request, poll: Poll, workspace, identifier: str):
+        """The feed of *identifier* after the poll's seq: from memory when nothing is new, else from the database."""
+        app = self.app
         view = app.watermark.view(poll.params.seq)
         if view.quiet(identifier, poll.params.seq):
             # Nothing for this workspace since the client's seq: the answer PHP gives, from memory.

@@ -156,24 +156,8 @@ def cmd_install_schema(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pydio-shim", description="A fast front for a legacy Pydio 8 server.")
-    parser.add_argument("--version", action="version", version=f"pydio-shim {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    serve = sub.add_parser("serve", help="run the shim under gunicorn")
-    serve.add_argument("--config", help="configuration file (TOML)")
-    serve.add_argument("--bind", help="address to listen on, e.g. 127.0.0.1:8080 or unix:/run/shim.sock")
-    serve.add_argument(
-        "--gunicorn-config", help="gunicorn configuration file (default: the one shipped in the package)"
-    )
-    serve.set_defaults(func=cmd_serve)
-
-    check = sub.add_parser("check-config", help="validate the configuration and print a summary")
-    check.add_argument("--config", help="configuration file (TOML)")
-    check.set_defaults(func=cmd_check_config)
-
+def _add_doctor(sub) -> None:
+    """The ``doctor`` subcommand and its options."""
     doctor = sub.add_parser(
         "doctor",
         help="check upstream, database, triggers, workspaces and the shim, end to end",
@@ -206,6 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print the findings as a JSON list, no progress")
     doctor.set_defaults(func=cmd_doctor)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pydio-shim", description="A fast front for a legacy Pydio 8 server.")
+    parser.add_argument("--version", action="version", version=f"pydio-shim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    serve = sub.add_parser("serve", help="run the shim under gunicorn")
+    serve.add_argument("--config", help="configuration file (TOML)")
+    serve.add_argument("--bind", help="address to listen on, e.g. 127.0.0.1:8080 or unix:/run/shim.sock")
+    serve.add_argument(
+        "--gunicorn-config", help="gunicorn configuration file (default: the one shipped in the package)"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate the configuration and print a summary")
+    check.add_argument("--config", help="configuration file (TOML)")
+    check.set_defaults(func=cmd_check_config)
+
+    _add_doctor(sub)
 
     install = sub.add_parser(
         "install-schema",

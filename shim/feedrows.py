@@ -11,7 +11,7 @@ from __future__ import annotations
 import typing
 
 from . import db
-from .phpcompat import equals_null, json_text
+from .phpcompat import equals_null, is_valid_utf8_text, json_text
 
 if typing.TYPE_CHECKING:
     from .feed import FeedParams
@@ -185,11 +185,8 @@ def printable(row: dict) -> bool:
     node = row["node"]
     for value in (row["type"], row["source"], row["target"], node["md5"], node["node_path"],
                   node["repository_identifier"]):  # fmt: skip
-        if value.__class__ is str and not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
+        if value.__class__ is str and not value.isascii() and not is_valid_utf8_text(value):
+            return False
     return True
 
 
