@@ -97,7 +97,8 @@ def parse_feed_params(path_seq: str | None, params: dict[str, str]) -> FeedParam
     # The router matches the rawurldecoded path.  Some Pydio versions urldecode
     # the value once more: a "%" left after one decoding is forwarded.
     raw_seq = unquote_to_bytes(path_seq).decode("latin-1")
-    if "%" in raw_seq or "/" in raw_seq:  # "/" (from %2F) changes how PHP routes the path
+    # "/" (from %2F) changes how PHP routes the path; PHP cuts its REST path at a "?" (from %3F).
+    if "%" in raw_seq or "/" in raw_seq or "?" in raw_seq:
         return None
     # PHP 7.1+ reads "1e3" as 1000 and "1.5" as 1: numeric forms beyond a plain
     # integer are left to the legacy server rather than reimplemented.

@@ -62,6 +62,8 @@ def test_del_is_written_raw_like_php():
         ("1E2", None),  # PHP 7.1+ numeric forms: forwarded
         ("%2F5", None),
         ("1%252F", None),  # a "/" or a "%" after decoding: forwarded
+        ("1%3F9", None),  # PHP cuts its REST path at the "?": seq 1 there, forwarded here
+        ("%3F5", None),
     ],
 )
 def test_seq_forms(seq, expected):

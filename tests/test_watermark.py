@@ -151,13 +151,19 @@ def test_a_row_committed_out_of_order_is_found(standin, shim):
     tx.commit()
     conn.close()
     holder.dispose()
-    shim.clock.advance(0.151)
+    # Within the same interval (no read since the commit): a poll below the gap is not quiet.
+    before = shim.statements.count
     late = poll(shim.url, top)
+    assert shim.statements.count > before
     assert [r["target"] for r in stream_rows(late.content)] == ["/late.txt"]
     assert late.content == poll(standin.url, top).content
+    shim.clock.advance(0.151)
+    assert poll(shim.url, top).content == late.content
+    assert top + 1 not in shim.watermark._gaps
 
 
 def test_a_gap_that_never_fills_raises_the_floor(standin, shim, monkeypatch):
+    monkeypatch.setattr(watermark, "IDLE_REREAD", watermark.GAP_LIFETIME * 2)
     top = table_max(standin)
     poll(shim.url, top)
     with standin.engine.begin() as conn:  # seq top+1 taken, then rolled back: a hole for good
@@ -249,3 +255,100 @@ def test_feed_connections_closed_by_the_server_are_replaced_without_a_forward(st
     everything = poll(shim.url, 0)  # below the floor: the database answers
     assert everything.status_code == 200 and standin.calls["changes"] == forwarded
     assert everything.content == poll(standin.url, 0).content
+
+
+def test_a_jump_in_the_sequence_costs_no_memory(standin, shim):
+    """A seq far beyond the MAX (AUTO_INCREMENT or setval moved): the floor rises, no gap per missing seq."""
+    top = table_max(standin)
+    poll(shim.url, top)
+    far = top + 10 * watermark.MAX_GAPS
+    insert_change(standin, far, "0", "/far.txt")
+    shim.clock.advance(0.151)
+    answer = poll(shim.url, far)
+    assert answer.content == poll(standin.url, far).content == f"\nLAST_SEQ:{far}".encode()
+    assert len(shim.watermark._gaps) == 0 and shim.watermark.floor == far - 1
+    assert poll(shim.url, top).content == poll(standin.url, top).content  # below the floor: the database
+
+
+@pytest.mark.parametrize("engine_name", ["mysql"])
+@pytest.mark.parametrize("pause", ["busy", "idle"])
+def test_the_table_rewritten_between_two_reads_is_read_anew(standin, shim, pause):
+    """Rows replaced under known seqs (a restore, a failover) before MAX passes the old one again.
+
+    Busy, the row at the newest seq known changed (its identifier); idle, no read
+    for ``IDLE_REREAD`` seconds: either way the memory is read anew.
+    """
+    create(standin, "a.txt", ws="my-files")
+    create(standin, "b.txt", ws="my-files")
+    top = table_max(standin)
+    poll(shim.url, top)  # this process learns: top-1 and top are alice's My Files
+    with standin.engine.begin() as conn:
+        conn.execute(db.changes.delete().where(db.changes.c.seq > top - 2))
+        conn.execute(sa.text(f"ALTER TABLE ajxp_changes AUTO_INCREMENT = {top - 1}"))
+    create(standin, "new-in-0.txt", ws="0")  # seq top-1, now workspace 0
+    create(standin, "c.txt", ws="0" if pause == "busy" else "my-files")  # seq top: changed identifier when busy
+    create(standin, "d.txt", ws="my-files")  # MAX above the old one again
+    shim.clock.advance(0.151 if pause == "busy" else watermark.IDLE_REREAD + 1)
+    answer = poll(shim.url, top - 2)
+    assert answer.content == poll(standin.url, top - 2).content
+    assert "/new-in-0.txt" in [r["target"] for r in stream_rows(answer.content)]
+
+
+@pytest.mark.parametrize("engine_name", ["mysql"])
+@pytest.mark.parametrize("stored", ["0 ", "0\u00a0", "\u00d8"])
+def test_identifiers_match_as_the_mysql_collation_matches_them(standin, shim, stored):
+    """``0 `` is ``0`` to utf8mb4_unicode_ci; a non-ASCII identifier is not compared from memory at all."""
+    top = table_max(standin)
+    poll(shim.url, top)
+    insert_change(standin, top + 1, stored, "/odd.txt")
+    shim.clock.advance(0.151)
+    assert poll(shim.url, top).content == poll(standin.url, top).content
+    with standin.engine.begin() as conn:
+        conn.execute(db.changes.insert().values(seq=top + 2, repository_identifier="1-ALICE", node_id=1,
+                                                type="create", source="NULL", target="/upper.txt"))  # fmt: skip
+    shim.clock.advance(0.151)
+    mine = "/api/my-files/changes/{seq}"
+    ours = requests.get(shim.url + mine.format(seq=top + 1), params=STREAM, auth=credentials("alice"))
+    legacy = requests.get(standin.url + mine.format(seq=top + 1), params=STREAM, auth=credentials("alice"))
+    assert ours.content == legacy.content and [r["target"] for r in stream_rows(ours.content)] == ["/upper.txt"]
+
+
+def test_a_view_stays_whole_while_another_request_resets_the_memory(standin, shim):
+    """A view taken before a reset answers from what it saw, never from the emptied memory."""
+    top = table_max(standin)
+    poll(shim.url, top)
+    create(standin, "mine.txt")
+    shim.clock.advance(0.151)
+    before_reset = shim.watermark.view()
+    assert not before_reset.quiet("0", top)  # the new row is workspace 0's
+    with standin.engine.begin() as conn:
+        conn.execute(db.changes.delete().where(db.changes.c.seq > top))  # MAX goes down: reset
+    shim.clock.advance(0.151)
+    assert shim.watermark.view().max_seq == top
+    assert not before_reset.quiet("0", top)
+
+
+def test_a_failed_read_and_a_long_pause_start_the_memory_afresh(standin, shim, monkeypatch):
+    top = table_max(standin)
+    poll(shim.url, top)
+    first = shim.watermark.refreshes
+    shim.clock.advance(watermark.IDLE_REREAD + 1)
+    assert poll(shim.url, top).content == poll(standin.url, top).content
+    assert shim.watermark._read_at is not None and shim.watermark.refreshes == first + 1
+
+    def failing(*args, **kwargs):
+        raise sa.exc.OperationalError("SELECT", {}, Exception("server has gone away"))
+
+    monkeypatch.setattr(shim.watermark, "_read", failing)
+    shim.clock.advance(0.151)
+    with pytest.raises(sa.exc.OperationalError):
+        shim.watermark.view()
+    assert shim.watermark._read_at is None  # the next read is a first read
+    monkeypatch.undo()
+    assert poll(shim.url, top).content == poll(standin.url, top).content
+
+
+def insert_change(standin, seq, identifier, target):
+    with standin.engine.begin() as conn:
+        conn.execute(db.changes.insert().values(seq=seq, repository_identifier=identifier, node_id=1,
+                                                type="create", source="NULL", target=target))  # fmt: skip
