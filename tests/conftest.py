@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from helpers import serve_app, shim_environ
+from helpers import plain_engine, serve_app, shim_environ
 
 from shim import db, schema
 from shim.demo.stack import ServerThread
@@ -51,7 +51,7 @@ def _create_database(engine_name: str, tmp_path) -> tuple[str, callable]:
         return f"sqlite:///{tmp_path}/{name}.db", lambda: None
     admin_url = MYSQL_ADMIN_URL if engine_name == "mysql" else PG_ADMIN_URL
     try:
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        admin = plain_engine(admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             if engine_name == "mysql":
                 conn.execute(sa.text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
@@ -91,28 +91,48 @@ def _create_database(engine_name: str, tmp_path) -> tuple[str, callable]:
     return url, drop
 
 
-def _schema_signature(url: str) -> tuple:
-    """What a test may have changed in a database's schema: tables, their columns, indexes and triggers."""
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            inspector = sa.inspect(conn)
-            tables = tuple(
-                sorted(
-                    (
-                        t,
-                        tuple((c["name"], str(c["type"])) for c in inspector.get_columns(t)),
-                        tuple(sorted(i["name"] or "" for i in inspector.get_indexes(t))),
-                    )
-                    for t in inspector.get_table_names()
-                )
-            )
-            triggers = (
-                tuple(sorted(schema.installed_triggers(conn))) if any(t[0] == "ajxp_index" for t in tables) else ()
-            )
-        return tables, triggers
-    finally:
-        engine.dispose()
+#: What a test may have changed in a database's schema (tables, columns, indexes, triggers and
+#: trigger functions), one catalog query per engine: the inspector's per-table queries cost
+#: more than emptying the tables.
+_SCHEMA_QUERIES = {
+    "mysql": (
+        "SELECT table_name, column_name, column_type FROM information_schema.columns"
+        " WHERE table_schema = DATABASE()"
+        " UNION ALL SELECT table_name, index_name, column_name FROM information_schema.statistics"
+        " WHERE table_schema = DATABASE()"
+        " UNION ALL SELECT event_object_table, trigger_name, action_statement FROM information_schema.triggers"
+        " WHERE trigger_schema = DATABASE()"
+    ),
+    "postgresql": (
+        "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns"
+        " WHERE table_schema = 'public'"
+        " UNION ALL SELECT tablename::text, indexname::text, indexdef FROM pg_indexes WHERE schemaname = 'public'"
+        " UNION ALL SELECT tgrelid::regclass::text, tgname::text, pg_get_triggerdef(oid) FROM pg_trigger"
+        " WHERE NOT tgisinternal"
+        " UNION ALL SELECT 'function', proname::text, prosrc FROM pg_proc"
+        " WHERE pronamespace = 'public'::regnamespace"
+    ),
+}
+
+#: The tables holding rows, and the counters that moved, in one query (filled in per table).
+_DIRTY_QUERIES = {
+    "mysql": (
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND auto_increment > 1",
+        "SELECT '{table}' FROM {table} HAVING count(*) > 0",
+    ),
+    "postgresql": (
+        "SELECT sequencename::text FROM pg_sequences WHERE schemaname = 'public' AND last_value IS NOT NULL",
+        "SELECT '{table}' FROM {table} HAVING count(*) > 0",
+    ),
+}
+
+
+def _schema_signature(conn) -> tuple:
+    return tuple(sorted(tuple(row) for row in conn.execute(sa.text(_SCHEMA_QUERIES[conn.dialect.name]))))
+
+
+class _SchemaChanged(Exception):
+    pass
 
 
 class SharedDatabase:
@@ -135,34 +155,41 @@ class SharedDatabase:
         with engine.begin() as conn:
             db.create_conf_tables(conn)
             schema.install_syncable_schema(conn)
+            self.tables = sorted(sa.inspect(conn).get_table_names())
+            self.signature = _schema_signature(conn)
         engine.dispose()
-        self.signature = _schema_signature(self.url)
+        # Kept between tests: a new engine's first connection costs tens of milliseconds.
+        self.engine = plain_engine(self.url, poolclass=sa.pool.QueuePool, pool_size=1, pool_pre_ping=True)
 
     def reset(self):
-        """Empty every table (or re-create the database when its schema was changed)."""
-        if _schema_signature(self.url) != self.signature:
-            self.drop()
-            self._create()
-            return
-        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        """Empty the tables a test wrote to (or re-create the database when its schema was changed)."""
         try:
-            with engine.begin() as conn:
-                names = sorted(sa.inspect(conn).get_table_names())
-                if self.engine_name == "postgresql":
-                    conn.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
-                    conn.execute(sa.text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY"))
-                else:
-                    conn.execute(sa.text("SET SESSION lock_wait_timeout = 5"))
-                    for name in names:
-                        conn.execute(sa.text(f"TRUNCATE TABLE {name}"))
-        except sa.exc.OperationalError:  # a connection a test left busy holds a lock: start afresh
-            engine.dispose()
+            with self.engine.begin() as conn:
+                if _schema_signature(conn) != self.signature:
+                    raise _SchemaChanged
+                self._empty(conn)
+        except (sa.exc.OperationalError, _SchemaChanged):
+            # A changed schema, or a connection a test left busy holds a lock: start afresh.
             self.drop()
             self._create()
-        finally:
-            engine.dispose()
+
+    def _empty(self, conn) -> None:
+        counters, rows = _DIRTY_QUERIES[self.engine_name]
+        moved = set(conn.execute(sa.text(counters)).scalars())
+        filled = set(conn.execute(sa.text(" UNION ALL ".join(rows.format(table=t) for t in self.tables))).scalars())
+        if self.engine_name == "postgresql":
+            conn.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+            if filled:
+                conn.execute(sa.text(f"TRUNCATE {', '.join(sorted(filled))}"))
+            for sequence in sorted(moved):
+                conn.execute(sa.text(f"ALTER SEQUENCE {sequence} RESTART"))
+        else:
+            conn.execute(sa.text("SET SESSION lock_wait_timeout = 5"))
+            for table in sorted(filled | moved):  # TRUNCATE also restarts AUTO_INCREMENT
+                conn.execute(sa.text(f"TRUNCATE TABLE {table}"))
 
     def drop(self):
+        self.engine.dispose()
         self._drop()
 
 

@@ -6,11 +6,25 @@ import hashlib
 import hmac
 import secrets
 
+import sqlalchemy as sa
+
 from shim import config as config_module
 from shim import wsgi
 from shim.demo.stack import ServerThread, free_port
 
-__all__ = ["RunningShim", "client_sign", "free_port", "serve_app", "shim_environ"]
+__all__ = ["RunningShim", "client_sign", "free_port", "plain_engine", "serve_app", "shim_environ"]
+
+
+def plain_engine(url, **kwargs) -> sa.engine.Engine:
+    """``sa.create_engine(url, poolclass=NullPool, **kwargs)`` for tests, without TLS to MySQL.
+
+    PyMySQL builds a TLS context (tens of milliseconds of CPU) for every
+    connection unless told not to; the test servers are on the loopback.
+    """
+    kwargs.setdefault("poolclass", sa.pool.NullPool)
+    if sa.engine.make_url(url).get_backend_name() == "mysql":
+        kwargs.setdefault("connect_args", {})["ssl_disabled"] = True
+    return sa.create_engine(url, **kwargs)
 
 
 def client_sign(wire_path: str, token: str, private: str, nonce: str | None = None) -> str:

@@ -9,6 +9,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 from conftest import USERS
+from helpers import plain_engine
 from prometheus_client.parser import text_string_to_metric_families
 
 from shim import config as config_module
@@ -126,7 +127,7 @@ def test_metrics_move_with_requests(standin, db_url, serve):
 
     for name in ("a.txt", "b.txt"):
         assert requests.post(f"{url}/api/default/mkfile/{name}", auth=ALICE).ok
-    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    engine = plain_engine(db_url)
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT COUNT(*) FROM ajxp_changes WHERE repository_identifier = '0'")).scalar()
     engine.dispose()

@@ -13,7 +13,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 from conftest import USERS
-from helpers import StallingRelay, serve_app, shim_environ
+from helpers import StallingRelay, plain_engine, serve_app, shim_environ
 
 pytestmark = pytest.mark.slow
 ALICE = ("alice", USERS["alice"][0])
@@ -85,7 +85,7 @@ def test_a_stalled_database_costs_one_bounded_wait_and_the_shim_recovers(relayed
 def test_a_locked_changes_table_never_takes_health_metrics_or_forwarding_down(standin, db_url):
     """LOCK TABLES ajxp_changes WRITE for a while: the polls wait for it, nothing else does."""
     server = serve_app(shim_environ(standin.url, db_url, database_read_timeout=READ_TIMEOUT))
-    locker = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    locker = plain_engine(db_url)
     lock = locker.connect()
     try:
         lock.exec_driver_sql("LOCK TABLES ajxp_changes WRITE, ajxp_index WRITE")

@@ -20,6 +20,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 from conftest import USERS
+from helpers import plain_engine
 
 from shim import cli, db, doctor, schema, wsgi
 from shim import config as config_module
@@ -110,7 +111,7 @@ def healthy(stack, tmp_path, database_url, upstream_prefix="/", public_prefix=""
 
 def table_state(database_url):
     """Row counts, MAX(seq) and every row of the two meta.syncable tables."""
-    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    engine = plain_engine(database_url)
     try:
         with engine.connect() as conn:
             return {
@@ -228,7 +229,7 @@ def test_text_report_end_to_end_under_prefixes(stack, tmp_path, db_url, upstream
 
 
 def test_no_tables(stack, tmp_path, empty_db_url, capsys, monkeypatch):
-    empty = sa.create_engine(empty_db_url, poolclass=sa.pool.NullPool)
+    empty = plain_engine(empty_db_url)
     with empty.connect():  # an existing database (for SQLite: the file exists), without any table
         pass
     empty.dispose()

@@ -11,6 +11,7 @@ import socket
 
 import pytest
 import sqlalchemy as sa
+from helpers import plain_engine
 
 from shim import cli, db, schema
 
@@ -36,7 +37,7 @@ def install(capsys, config_path, *options):
 
 def touch_database(url):
     """Make sure the database exists (for SQLite: the file), empty."""
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    engine = plain_engine(url)
     with engine.connect():
         pass
     engine.dispose()
@@ -44,7 +45,7 @@ def touch_database(url):
 
 def state(url):
     """Tables, triggers, indexes of ajxp_changes, and the rows of both meta.syncable tables."""
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    engine = plain_engine(url)
     try:
         with engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
@@ -234,7 +235,7 @@ def test_with_index(tmp_path, db_url, capsys):
     assert before and after
     assert not any(schema.INDEX_NAME in line for line in before)
     assert any(schema.INDEX_NAME in line for line in after)
-    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    engine = plain_engine(db_url)
     if engine.dialect.name == "mysql":
         with engine.connect() as conn:
             parts = conn.execute(sa.text(f"SHOW INDEX FROM ajxp_changes WHERE Key_name = '{schema.INDEX_NAME}'")).all()

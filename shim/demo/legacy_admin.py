@@ -22,7 +22,7 @@ import time
 
 import phpserialize
 
-from .pydio_store import SCOPE_ALL
+from .pydio_roles import SCOPE_ALL
 
 PHPSERIAL = "$phpserial$"
 

@@ -110,7 +110,8 @@ class LegacyStandin(FileActions):
             environ.pop("HTTP_AUTHORIZATION", None)
             request = Request(environ)
         try:
-            response = self.route(request, path, raw_uri)
+            with self.store.request_scope():
+                response = self.route(request, path, raw_uri)
         except FileNotFoundError:
             response = Response(b"", 404)
         return response(environ, start_response)
