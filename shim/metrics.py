@@ -28,65 +28,60 @@ class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, str], object] = {}
-        r = self.registry
-        self.feed_requests = Counter(
-            "shim_feed_requests_total", "Feed requests answered by the shim, by status", ["status"], registry=r
+        counter, histogram = self._counter, self._histogram
+        self.feed_requests = counter(
+            "shim_feed_requests_total", "Feed requests answered by the shim, by status", "status"
         )
-        self.feed_latency = Histogram(
-            "shim_feed_duration_seconds", "Time to send a whole feed answer", buckets=LATENCY_BUCKETS, registry=r
+        self.feed_latency = histogram("shim_feed_duration_seconds", "Time to send a whole feed answer")
+        self.feed_rows = counter("shim_feed_rows_total", "Change rows sent by the shim")
+        self.feed_rows_skipped = counter(
+            "shim_feed_rows_skipped_total", "Change rows left out of a feed because their text is not valid UTF-8"
         )
-        self.feed_rows = Counter("shim_feed_rows_total", "Change rows sent by the shim", registry=r)
-        self.feed_rows_skipped = Counter(
-            "shim_feed_rows_skipped_total",
-            "Change rows left out of a feed because their text is not valid UTF-8",
-            registry=r,
+        self.feed_degraded = counter(
+            "shim_feed_degraded_total", "Feed requests forwarded because the database was out of reach"
         )
-        self.feed_degraded = Counter(
-            "shim_feed_degraded_total", "Feed requests forwarded because the database was out of reach", registry=r
+        self.feed_from_memory = counter(
+            "shim_feed_from_memory_total", "Feed polls with nothing new, answered from memory"
         )
-        self.proxy_requests = Counter(
-            "shim_proxy_requests_total", "Requests forwarded to the legacy server, by status", ["status"], registry=r
+        self.watermark_refreshes = counter(
+            "shim_feed_watermark_refreshes_total", "Reads of the change table's newest rows (per process)"
         )
-        self.proxy_latency = Histogram(
-            "shim_proxy_duration_seconds", "Time to forward a whole request", buckets=LATENCY_BUCKETS, registry=r
+        self.proxy_requests = counter(
+            "shim_proxy_requests_total", "Requests forwarded to the legacy server, by status", "status"
         )
-        self.proxy_bytes = Counter(
-            "shim_proxy_response_bytes_total", "Response body bytes relayed from upstream", registry=r
-        )
-        self.auth_cache = Counter(
+        self.proxy_latency = histogram("shim_proxy_duration_seconds", "Time to forward a whole request")
+        self.proxy_bytes = counter("shim_proxy_response_bytes_total", "Response body bytes relayed from upstream")
+        self.upstream_errors = counter("shim_upstream_errors_total", "Upstream failures, by kind", "kind")
+        self.auth_cache = counter(
             "shim_auth_cache_total",
             "Authorization decisions: hit, revalidated (rows checked, unchanged), miss (asked), shared, busy",
-            ["result"],
-            registry=r,
+            "result",
         )
-        self.auth_probes = Counter(
-            "shim_auth_probes_total", "Authorization requests to the legacy server, by answer", ["answer"], registry=r
+        self.auth_probes = counter(
+            "shim_auth_probes_total", "Authorization requests to the legacy server, by answer", "answer"
         )
-        self.auth_dropped = Counter(
+        self.auth_dropped = counter(
             "shim_auth_dropped_total",
             "Decisions dropped, by reason: the part of their rows that changed, or their age",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.auth_table_checks = Counter(
-            "shim_auth_table_checks_total", "Checks whether an authorization table changed", registry=r
+        self.auth_table_checks = counter(
+            "shim_auth_table_checks_total", "Checks whether an authorization table changed"
         )
-        self.auth_tables_changed = Counter(
-            "shim_auth_tables_changed_total", "Authorization tables found changed, by table", ["table"], registry=r
+        self.auth_tables_changed = counter(
+            "shim_auth_tables_changed_total", "Authorization tables found changed, by table", "table"
         )
-        self.watermark_refreshes = Counter(
-            "shim_feed_watermark_refreshes_total", "Reads of the change table's newest rows (per process)", registry=r
-        )
-        self.feed_from_memory = Counter(
-            "shim_feed_from_memory_total", "Feed polls with nothing new, answered from memory", registry=r
-        )
-        self.storage_observations = Counter(
+        self.storage_observations = counter(
             "shim_storage_observations_total",
             "changes calls sent on behalf of clients so the legacy server rescans observed storage, by answer",
-            ["answer"],
-            registry=r,
+            "answer",
         )
-        self.upstream_errors = Counter("shim_upstream_errors_total", "Upstream failures, by kind", ["kind"], registry=r)
+
+    def _counter(self, name: str, documentation: str, label: str | None = None) -> Counter:
+        return Counter(name, documentation, [label] if label else [], registry=self.registry)
+
+    def _histogram(self, name: str, documentation: str) -> Histogram:
+        return Histogram(name, documentation, buckets=LATENCY_BUCKETS, registry=self.registry)
 
     def child(self, metric, value: str):
         """``metric.labels(value)``, remembered.
