@@ -295,7 +295,7 @@ def make_shim(standin, db_url, start_shim):
     return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def nginx_binary():
     """The path of nginx (installed by tests/services/start.sh)."""
     path = shutil.which("nginx") or "/usr/sbin/nginx"

@@ -18,7 +18,7 @@ from helpers import StallingRelay, plain_engine, serve_app, shim_environ
 pytestmark = pytest.mark.slow
 ALICE = ("alice", USERS["alice"][0])
 FEED = "/api/0/changes/0/?stream=true"
-READ_TIMEOUT = 2.0
+READ_TIMEOUT = 1.0
 
 
 def timed(call):

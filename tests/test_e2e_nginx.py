@@ -16,6 +16,7 @@ import requests
 from gunicorn_helpers import GunicornServer
 from helpers import client_sign, free_port
 
+from shim import db
 from shim.demo.stack import ServerThread
 from shim.demo.standin import LegacyStandin
 
@@ -77,11 +78,13 @@ def stop(proc):
 
 
 @pytest.fixture(
+    scope="module",  # one stack per prefix pair, shared by the tests of that pair (each uses its own files)
     params=[("", ""), ("/pydio", ""), ("", "/pydio"), ("/pydio", "/legacy")],
     ids=["pub=/,up=/", "pub=/pydio,up=/", "pub=/,up=/pydio", "pub=/pydio,up=/legacy"],
 )
-def stack(request, nginx_binary, tmp_path):
+def stack(request, nginx_binary, tmp_path_factory):
     public, upstream = request.param
+    tmp_path = tmp_path_factory.mktemp("stack")
     db_url = f"sqlite:///{tmp_path}/pydio.db"
     standin = LegacyStandin(db_url, str(tmp_path / "data"), prefix=upstream or "/")
     standin.install()
@@ -173,7 +176,9 @@ def test_token_signed_requests(stack):
             "auth_hash": client_sign(feed_path, tokens["t"], tokens["p"]),
         },
     )
-    assert feed.status_code == 200 and feed.text.endswith("LAST_SEQ:1")
+    with stack["standin"].engine.connect() as conn:  # the stack is shared: other tests' rows come first
+        top = db.max_seq(conn)
+    assert feed.status_code == 200 and feed.text.endswith(f"LAST_SEQ:{top}") and '"target":"\\/docs"' in feed.text
     # POST with the token in form fields (how the client uploads).
     post_path = stack["public"] + "/api/default/mkfile/docs/a.txt"
     created = requests.post(

@@ -20,8 +20,10 @@ from gunicorn_helpers import GunicornServer
 from shim import db, schema
 
 
-@pytest.fixture(params=["unix", "tcp"])
-def shim_on_fpm(request, php_fpm, tmp_path):
+@pytest.fixture(scope="module", params=["unix", "tcp"])
+def shim_on_fpm(request, php_fpm, tmp_path_factory):
+    """A gunicorn shim in front of php-fpm, shared by the module's tests (they only send requests)."""
+    tmp_path = tmp_path_factory.mktemp("fpm-shim")
     database = f"sqlite:///{tmp_path}/pydio.db"
     engine = db.create_engine(database)
     with engine.begin() as conn:

@@ -1046,7 +1046,7 @@ def test_requests_waiting_on_a_silent_upstream_are_bounded_and_cached_feed_polls
     try:
         assert requests.get(server.url + "/api/0/changes/0?stream=true", auth=alice).status_code == 200  # cached
         waiting = [
-            threading.Thread(target=lambda: requests.get(server.url + "/_standin/slow?s=8", timeout=30))
+            threading.Thread(target=lambda: requests.get(server.url + "/_standin/slow?s=4", timeout=30))
             for _ in range(3)
         ]
         for thread in waiting:

@@ -28,7 +28,7 @@ def shim(sqlite_standin, tmp_path):
     env = {
         "PYDIO_SHIM_UPSTREAM_URL": sqlite_standin.url,
         "PYDIO_SHIM_DATABASE_URL": sqlite_standin.db_url,
-        "PYDIO_SHIM_SERVER_HEADER_TIMEOUT": "4",
+        "PYDIO_SHIM_SERVER_HEADER_TIMEOUT": "3",
         "PYDIO_SHIM_PROXY_MAX_UPSTREAM_REQUESTS": str(THREADS // 2),
         "PYDIO_SHIM_LOG_LEVEL": "WARNING",
     }
@@ -92,7 +92,7 @@ def test_slow_headers_and_slow_bodies_never_stop_the_feed(shim, sqlite_standin):
     )
     try:
         time.sleep(1.5)
-        latencies = poll_latencies(shim.url, 4)
+        latencies = poll_latencies(shim.url, 2.5)
         assert latencies and all(status == 200 for status, _ in latencies), latencies
         assert max(seconds for _, seconds in latencies) < 1.0, latencies
         # Forwarded requests beyond the bound were answered 503 at once, not kept waiting.
