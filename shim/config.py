@@ -41,6 +41,7 @@ from .config_values import (
     check_optional_prefix,
     check_public_origin,
     check_upstream_url,
+    coerce,
 )
 
 ENV_PREFIX = "PYDIO_SHIM_"
@@ -307,53 +308,6 @@ SETTINGS: tuple[Setting, ...] = _declared()
 _BY_PLACE = {(s.section, s.key): s for s in SETTINGS}
 
 
-def _coerce(name: str, s: Setting, value):
-    """A TOML or environment value converted to the setting's type, or ConfigError."""
-    try:
-        if s.kind in ("float", "int"):
-            if isinstance(value, bool) or (s.kind == "int" and isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            number = float(value) if s.kind == "float" else int(value)
-            if number < 0:
-                raise ConfigError(f"setting {name}: must not be negative, got {value!r}")
-            return number
-        if s.kind == "bool":
-            if isinstance(value, str) and value.strip().lower() in (
-                "true",
-                "1",
-                "yes",
-                "on",
-                "false",
-                "0",
-                "no",
-                "off",
-            ):
-                return value.strip().lower() in ("true", "1", "yes", "on")
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if s.kind == "list":
-            if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError
-            return tuple(value)
-        if not isinstance(value, str):
-            raise ValueError
-        return value
-    except ConfigError:
-        raise
-    except (TypeError, ValueError):
-        expected = {
-            "str": "a string",
-            "float": "a number",
-            "int": "a whole number",
-            "bool": "true or false",
-            "list": "an array of strings",
-        }[s.kind]
-        raise ConfigError(f"setting {name}: expected {expected}, got {value!r}") from None
-
-
 def _read_file(path: str) -> dict:
     try:
         with open(path, "rb") as fh:
@@ -399,7 +353,7 @@ def _from_file(data: dict) -> tuple[dict, dict[str, str]]:
             s = _BY_PLACE.get((section, key))
             if s is None:
                 raise ConfigError(f"setting {section}.{key}: unknown setting")
-            values[s.field] = _coerce(s.name, s, value)
+            values[s.field] = coerce(s.name, s.kind, value)
             names[s.field] = s.name
     return values, names
 
@@ -419,7 +373,7 @@ def load(path: str | None = None, environ: typing.Mapping[str, str] | None = Non
             raise _replaced(name, env)
     for s in SETTINGS:
         if s.env in environ:
-            values[s.field] = _coerce(s.env, s, environ[s.env])
+            values[s.field] = coerce(s.env, s.kind, environ[s.env])
             names[s.field] = s.env
     for s in SETTINGS:
         name = names.get(s.field, s.name)

@@ -21,6 +21,47 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; the message names it."""
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+_EXPECTED = {
+    "str": "a string",
+    "float": "a number",
+    "int": "a whole number",
+    "bool": "true or false",
+    "list": "an array of strings",
+}
+
+
+def coerce(name: str, kind: str, value):
+    """A TOML or environment value converted to the setting's *kind* (one of :data:`_EXPECTED`), or ConfigError."""
+    try:
+        if kind in ("float", "int"):
+            if isinstance(value, bool) or (kind == "int" and isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            number = float(value) if kind == "float" else int(value)
+            if number < 0:
+                raise ConfigError(f"setting {name}: must not be negative, got {value!r}")
+            return number
+        if kind == "bool":
+            if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+                return _BOOLEANS[value.strip().lower()]
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind == "list":
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return tuple(value)
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name}: expected {_EXPECTED[kind]}, got {value!r}") from None
+
+
 # --- checks of single values: (setting name, value) -> value, or raise ConfigError -----------
 
 

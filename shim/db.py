@@ -178,26 +178,12 @@ def create_engine(
     """
     parsed = sa.engine.make_url(url)
     backend = parsed.get_backend_name()
-    kwargs: dict = {"pool_pre_ping": True, "future": True} if pooled else {"poolclass": sa.pool.NullPool}
-    if backend == "postgresql" and read_timeout and pooled:
-        kwargs["pool_pre_ping"] = False  # shim.deadline pings under a deadline instead
+    kwargs = _pool_options(backend, pool_size, read_only, read_timeout, pooled)
     connect_args: dict = {}
-    if read_only and backend == "mysql":
-        # Autocommit: no transaction to end, so no ROLLBACK round trip when a
-        # connection is closed or returned (SQLAlchemy would send one by default).
-        kwargs.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None, skip_autocommit_rollback=True)
-        # No ping before each use either (a round trip per poll): a connection the
-        # server has closed fails its first statement, and the feed and the
-        # watermark retry once on a new one (shim.feed.FeedStream, shim.watermark).
-        kwargs["pool_pre_ping"] = False
     if backend == "sqlite":
         # SQLite file databases are shared between threads with a small pool;
         # each connection waits for writers instead of failing at once.
         connect_args = {"check_same_thread": False, "timeout": read_timeout or 3600}
-    elif pooled:
-        kwargs.update(
-            pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600, pool_timeout=max(1.0, read_timeout or 30.0)
-        )
     if backend == "mysql":
         parsed = _mysql_options(parsed, connect_args, connect_timeout, read_timeout)
     elif backend == "postgresql":
@@ -211,6 +197,28 @@ def create_engine(
 
         watch_postgresql(engine, read_timeout + 1)  # just past the server's own statement_timeout
     return engine
+
+
+def _pool_options(backend: str, pool_size: int, read_only: bool, read_timeout: float, pooled: bool) -> dict:
+    """The engine's pool arguments: pinged, bounded connections (see :func:`create_engine`)."""
+    if not pooled:
+        return {"poolclass": sa.pool.NullPool}
+    kwargs: dict = {"pool_pre_ping": True, "future": True}
+    if backend == "postgresql" and read_timeout:
+        kwargs["pool_pre_ping"] = False  # shim.deadline pings under a deadline instead
+    if read_only and backend == "mysql":
+        # Autocommit: no transaction to end, so no ROLLBACK round trip when a
+        # connection is closed or returned (SQLAlchemy would send one by default).
+        kwargs.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None, skip_autocommit_rollback=True)
+        # No ping before each use either (a round trip per poll): a connection the
+        # server has closed fails its first statement, and the feed and the
+        # watermark retry once on a new one (shim.feed.FeedStream, shim.watermark).
+        kwargs["pool_pre_ping"] = False
+    if backend != "sqlite":
+        kwargs.update(
+            pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600, pool_timeout=max(1.0, read_timeout or 30.0)
+        )
+    return kwargs
 
 
 def _mysql_options(parsed, connect_args: dict, connect_timeout: float, read_timeout: float):

@@ -1,6 +1,32 @@
 """The FastCGI 1.0 records and the CGI environment of a request (the wire format, no I/O).
 
 See :mod:`shim.fastcgi` for the client that sends them.
+
+The params (:func:`build_params`) are those of a correctly configured nginx +
+php-fpm Pydio:
+
+- ``SCRIPT_FILENAME``: the file php-fpm runs, the script's file name in
+  *document_root* (``<document_root>/index.php``).
+- ``SCRIPT_NAME``: the script's URL path (``/pydio/index.php``); Pydio
+  derives its base URL from it. ``DOCUMENT_URI`` and ``PHP_SELF`` match it.
+- ``DOCUMENT_ROOT``: *document_root*, slashes normalised.
+- ``REQUEST_URI``: the raw path and query as the client sent them, passed
+  byte-exact (give ``bytes`` to keep a non-ASCII or %-encoded path intact).
+- ``QUERY_STRING``: the part of *request_uri* after ``?`` unless given.
+- ``REQUEST_METHOD``, ``CONTENT_TYPE``, ``CONTENT_LENGTH`` (always set,
+  ``"0"`` without a body): what PHP needs to read the body.
+- ``REMOTE_ADDR``/``REMOTE_PORT``, ``SERVER_NAME``/``SERVER_PORT``,
+  ``SERVER_PROTOCOL``, ``REQUEST_SCHEME``: the two ends of the connection.
+- ``HTTPS=on``: only for TLS requests; PHP apps test ``!empty($_SERVER['HTTPS'])``.
+- ``GATEWAY_INTERFACE=CGI/1.1``, ``SERVER_SOFTWARE=pydio-shim``: CGI identity.
+- ``REDIRECT_STATUS=200``: php-cgi's ``cgi.force_redirect`` check wants it.
+- ``HTTP_*``: one per request header, named upper-case with ``-`` as
+  ``_`` (``Authorization`` becomes ``HTTP_AUTHORIZATION``, from which PHP
+  sets ``PHP_AUTH_USER``/``PHP_AUTH_PW``); repeated headers are joined with
+  ``", "`` (``"; "`` for Cookie). Content-Type/Content-Length are skipped
+  (see above), as is Proxy (httpoxy), and, as nginx does, names with
+  characters other than letters, digits and ``-``, so that ``X_Foo`` cannot
+  pose as ``X-Foo``.
 """
 
 from __future__ import annotations
@@ -204,33 +230,10 @@ def build_params(
     server_protocol: str = "HTTP/1.1",
     headers: Iterable[tuple[str, ParamValue]] = (),
 ) -> dict[str, ParamValue]:
-    """Build the FastCGI params of a correctly configured nginx + php-fpm Pydio.
+    """Build the FastCGI params of a correctly configured nginx + php-fpm Pydio (listed in the module's docstring).
 
     Every request is handed to the front controller, as nginx's
-    ``try_files ... /pydio/index.php`` does, and Pydio routes on REQUEST_URI:
-
-    - ``SCRIPT_FILENAME``: the file php-fpm runs, the script's file name in
-      *document_root* (``<document_root>/index.php``).
-    - ``SCRIPT_NAME``: the script's URL path (``/pydio/index.php``); Pydio
-      derives its base URL from it. ``DOCUMENT_URI`` and ``PHP_SELF`` match it.
-    - ``DOCUMENT_ROOT``: *document_root*, slashes normalised.
-    - ``REQUEST_URI``: the raw path and query as the client sent them, passed
-      byte-exact (give ``bytes`` to keep a non-ASCII or %-encoded path intact).
-    - ``QUERY_STRING``: the part of *request_uri* after ``?`` unless given.
-    - ``REQUEST_METHOD``, ``CONTENT_TYPE``, ``CONTENT_LENGTH`` (always set,
-      ``"0"`` without a body): what PHP needs to read the body.
-    - ``REMOTE_ADDR``/``REMOTE_PORT``, ``SERVER_NAME``/``SERVER_PORT``,
-      ``SERVER_PROTOCOL``, ``REQUEST_SCHEME``: the two ends of the connection.
-    - ``HTTPS=on``: only for TLS requests; PHP apps test ``!empty($_SERVER['HTTPS'])``.
-    - ``GATEWAY_INTERFACE=CGI/1.1``, ``SERVER_SOFTWARE=pydio-shim``: CGI identity.
-    - ``REDIRECT_STATUS=200``: php-cgi's ``cgi.force_redirect`` check wants it.
-    - ``HTTP_*``: one per request header, named upper-case with ``-`` as
-      ``_`` (``Authorization`` becomes ``HTTP_AUTHORIZATION``, from which PHP
-      sets ``PHP_AUTH_USER``/``PHP_AUTH_PW``); repeated headers are joined with
-      ``", "`` (``"; "`` for Cookie). Content-Type/Content-Length are skipped
-      (see above), as is Proxy (httpoxy), and, as nginx does, names with
-      characters other than letters, digits and ``-``, so that ``X_Foo`` cannot
-      pose as ``X-Foo``.
+    ``try_files ... /pydio/index.php`` does, and Pydio routes on REQUEST_URI.
     """
     root = posixpath.normpath(document_root)
     if root.startswith("//"):  # normpath keeps a leading double slash (POSIX)

@@ -84,25 +84,7 @@ def changes_body(engine, identifier: str, recycle_bin: str, params: dict, path_s
 
     flatten = "flatten" in params and params["flatten"] != "false"
     for r in rows:
-        row = {
-            "seq": int(r["seq"]),
-            "node_id": int(r["node_id"]),
-            "type": r["type"],
-            "source": r["source"],
-            "target": r["target"],
-            "node": {
-                "bytesize": None if r["bytesize"] is None else int(r["bytesize"]),
-                "md5": r["md5"],
-                "mtime": None if r["mtime"] is None else int(r["mtime"]),
-                "node_path": r["node_path"],
-                "repository_identifier": r["repository_identifier"],
-            },
-        }
-        if recycle_bin and row["type"] == "path":
-            if row["source"].startswith("/" + recycle_bin):
-                row["source"], row["type"] = "NULL", "create"
-            elif row["target"].startswith("/" + recycle_bin):
-                row["target"], row["type"] = "NULL", "delete"
+        row = _legacy_row(r, recycle_bin)
         if not flatten:
             if not _filter_row(row, filt):
                 emit(row)
@@ -130,6 +112,30 @@ def changes_body(engine, identifier: str, recycle_bin: str, params: dict, path_s
         last_seq = table_max or 1
     body = "".join(out) + (f"\nLAST_SEQ:{last_seq}" if stream else f'], "last_seq":{last_seq}}}')
     return body if stream else '{"changes":[' + body
+
+
+def _legacy_row(r, recycle_bin: str) -> dict:
+    """One joined row as the PHP loop builds it, a move into or out of the recycle bin rewritten."""
+    row = {
+        "seq": int(r["seq"]),
+        "node_id": int(r["node_id"]),
+        "type": r["type"],
+        "source": r["source"],
+        "target": r["target"],
+        "node": {
+            "bytesize": None if r["bytesize"] is None else int(r["bytesize"]),
+            "md5": r["md5"],
+            "mtime": None if r["mtime"] is None else int(r["mtime"]),
+            "node_path": r["node_path"],
+            "repository_identifier": r["repository_identifier"],
+        },
+    }
+    if recycle_bin and row["type"] == "path":
+        if row["source"].startswith("/" + recycle_bin):
+            row["source"], row["type"] = "NULL", "create"
+        elif row["target"].startswith("/" + recycle_bin):
+            row["target"], row["type"] = "NULL", "delete"
+    return row
 
 
 def _strpos_is_zero(haystack, needle: bytes) -> bool:

@@ -162,17 +162,7 @@ def trigger_firing(ctx: Context):
     need_tables(ctx, "ajxp_index", "ajxp_changes")
     if ctx.status.get("triggers") != OK:
         raise Stop(SKIPPED, "some triggers are missing (see above)")
-    with ctx.db.connect() as conn:
-        dialect = db.dialect_of(conn)
-        odd = _not_innodb(conn) if dialect == "mysql" else {}
-    if odd:
-        raise Stop(
-            WARNING,
-            "not run: "
-            + ", ".join(f"{t} uses {e}" for t, e in odd.items())
-            + ", which cannot roll back, so the test would leave rows behind",
-            "convert the tables to InnoDB (ALTER TABLE ... ENGINE=InnoDB) in a quiet moment",
-        )
+    dialect = _transactional_dialect(ctx)
     marker = "pydio-shim-doctor-" + secrets.token_hex(6)
     first, second = f"/{marker}.txt", f"/{marker}-renamed.txt"
     expected = [
@@ -184,21 +174,7 @@ def trigger_firing(ctx: Context):
     try:
         node_id, logged = _fire_triggers(ctx, dialect, marker, first, second)
     except sa.exc.SQLAlchemyError as exc:
-        reason = db.first_line(exc)
-        if dbcheck.is_permission_error(exc):
-            raise Stop(
-                WARNING,
-                f"not run: the database user may not write ({reason}); the shim itself only "
-                "reads, so this is fine for serving",
-                "to test the triggers, run the doctor once with a configuration whose database.url may "
-                "write (e.g. Pydio's own database user)",
-            ) from None
-        raise Stop(
-            FAILED,
-            f"the test insert/update/delete on ajxp_index failed ({reason}); ROLLED BACK, nothing was kept",
-            "a trigger that fails breaks Pydio's own file operations too: compare the "
-            "triggers with Pydio's and run install-schema",
-        ) from None
+        raise _failed_test_write(exc) from None
     left = _rows_left(ctx, node_id, marker)
     if left:
         raise Stop(
@@ -222,6 +198,40 @@ def trigger_firing(ctx: Context):
         "a test insert, content update, rename and delete on ajxp_index logged create, content, path and "
         "delete in ajxp_changes; the transaction was ROLLED BACK: no row was kept (the auto-increment "
         "counters may have advanced, which leaves a harmless gap in seq)"
+    )
+
+
+def _transactional_dialect(ctx: Context) -> str:
+    """The database's dialect; :class:`Stop` when a table cannot roll back (the test would leave rows)."""
+    with ctx.db.connect() as conn:
+        dialect = db.dialect_of(conn)
+        odd = _not_innodb(conn) if dialect == "mysql" else {}
+    if odd:
+        raise Stop(
+            WARNING,
+            "not run: "
+            + ", ".join(f"{t} uses {e}" for t, e in odd.items())
+            + ", which cannot roll back, so the test would leave rows behind",
+            "convert the tables to InnoDB (ALTER TABLE ... ENGINE=InnoDB) in a quiet moment",
+        )
+    return dialect
+
+
+def _failed_test_write(exc: sa.exc.SQLAlchemyError) -> Stop:
+    reason = db.first_line(exc)
+    if dbcheck.is_permission_error(exc):
+        return Stop(
+            WARNING,
+            f"not run: the database user may not write ({reason}); the shim itself only "
+            "reads, so this is fine for serving",
+            "to test the triggers, run the doctor once with a configuration whose database.url may "
+            "write (e.g. Pydio's own database user)",
+        )
+    return Stop(
+        FAILED,
+        f"the test insert/update/delete on ajxp_index failed ({reason}); ROLLED BACK, nothing was kept",
+        "a trigger that fails breaks Pydio's own file operations too: compare the "
+        "triggers with Pydio's and run install-schema",
     )
 
 

@@ -144,21 +144,7 @@ def api(ctx: Context):
             "client authenticates to Pydio itself",
         )
     if status == 404:
-        index_status, _h, _b, _t = upstream_get(ctx, translate.join_prefix(prefix, "/index.php"))
-        hint = body_hint(body)
-        if index_status < 400:
-            raise Stop(
-                FAILED,
-                f"the web server's own 404 ({hint!r}) for {prefix}/api/, while {prefix}/index.php "
-                f"answers {index_status}: PHP works, the rewrite rules are missing",
-                REWRITE_FIX.format(prefix=prefix),
-            )
-        raise Stop(
-            FAILED,
-            f"404 ({hint!r}) for {prefix}/api/ and {index_status} for {prefix}/index.php: Pydio is "
-            f"not installed at {prefix or '/'} on that server",
-            "set upstream.prefix to the path Pydio is installed at (e.g. /pydio), and check upstream.url",
-        )
+        raise _api_not_found(ctx, prefix, body)
     if 300 <= status < 400:
         raise Stop(
             FAILED,
@@ -188,6 +174,25 @@ def api(ctx: Context):
         f"{prefix}/api/ answered {status} {ctype} ({body_hint(body)!r}), not Pydio's API",
         "check upstream.url and upstream.prefix, and the web server's rewrite rules: "
         + REWRITE_FIX.format(prefix=prefix),
+    )
+
+
+def _api_not_found(ctx: Context, prefix: str, body: bytes) -> Stop:
+    """A 404 for the API: missing rewrite rules when index.php answers, else the wrong prefix."""
+    index_status, _h, _b, _t = upstream_get(ctx, translate.join_prefix(prefix, "/index.php"))
+    hint = body_hint(body)
+    if index_status < 400:
+        return Stop(
+            FAILED,
+            f"the web server's own 404 ({hint!r}) for {prefix}/api/, while {prefix}/index.php "
+            f"answers {index_status}: PHP works, the rewrite rules are missing",
+            REWRITE_FIX.format(prefix=prefix),
+        )
+    return Stop(
+        FAILED,
+        f"404 ({hint!r}) for {prefix}/api/ and {index_status} for {prefix}/index.php: Pydio is "
+        f"not installed at {prefix or '/'} on that server",
+        "set upstream.prefix to the path Pydio is installed at (e.g. /pydio), and check upstream.url",
     )
 
 

@@ -51,18 +51,7 @@ def shim(ctx: Context):
 
 @check("end_to_end", "end to end through the shim")
 def end_to_end(ctx: Context):
-    if not ctx.login:
-        raise Stop(SKIPPED, "no test account: give --user LOGIN to create and delete a test file through the shim")
-    for needed, what in (
-        ("shim", "the shim"),
-        ("authorization", "the test account's access"),
-        ("database", "the database"),
-        ("trigger_firing", "the triggers"),
-    ):
-        if not ctx.passed(needed):
-            raise Stop(SKIPPED, f"{what} did not pass (see above)")
-    if not ctx.target_usable:
-        raise Stop(SKIPPED, f"the test account cannot read the feed of workspace {ctx.target_key!r} (see above)")
+    _need_end_to_end_prerequisites(ctx)
     ws_key = ctx.target_key or "pydio"
     base = f"{ctx.shim_url}/api/{quote(ws_key, safe='')}"
     auth = ctx.credentials
@@ -87,12 +76,7 @@ def end_to_end(ctx: Context):
         else:
             seqs.append(row["seq"])
     finally:
-        deleted = ctx.http.post(f"{base}/delete", data={"file": f"/{name}"}, auth=auth, timeout=ctx.timeout * 3)
-        emptied = None
-        if deleted.status_code == 200 and recycle_bin:
-            emptied = ctx.http.post(
-                f"{base}/delete", data={"file": f"/{recycle_bin}/{name}"}, auth=auth, timeout=ctx.timeout * 3
-            )
+        deleted, emptied = _delete_test_file(ctx, base, name, recycle_bin)
     if deleted.status_code != 200 or b'type="ERROR"' in deleted.content:
         problems.append(
             f"deleting it answered {deleted.status_code} ({body_hint(deleted.content)!r}); remove /{name} by hand"
@@ -120,6 +104,32 @@ def end_to_end(ctx: Context):
         f"created /{name} in workspace {ws_key!r} through {ctx.shim_url}: the shim's feed showed its creation "
         f"(seq {seqs[0]}) and, once deleted{recycled}, its deletion (seq {seqs[1]})"
     )
+
+
+def _need_end_to_end_prerequisites(ctx: Context) -> None:
+    if not ctx.login:
+        raise Stop(SKIPPED, "no test account: give --user LOGIN to create and delete a test file through the shim")
+    for needed, what in (
+        ("shim", "the shim"),
+        ("authorization", "the test account's access"),
+        ("database", "the database"),
+        ("trigger_firing", "the triggers"),
+    ):
+        if not ctx.passed(needed):
+            raise Stop(SKIPPED, f"{what} did not pass (see above)")
+    if not ctx.target_usable:
+        raise Stop(SKIPPED, f"the test account cannot read the feed of workspace {ctx.target_key!r} (see above)")
+
+
+def _delete_test_file(ctx: Context, base: str, name: str, recycle_bin: str):
+    """Delete the test file, and empty it from the recycle bin: the two answers (the second may be None)."""
+    deleted = ctx.http.post(f"{base}/delete", data={"file": f"/{name}"}, auth=ctx.credentials, timeout=ctx.timeout * 3)
+    emptied = None
+    if deleted.status_code == 200 and recycle_bin:
+        emptied = ctx.http.post(
+            f"{base}/delete", data={"file": f"/{recycle_bin}/{name}"}, auth=ctx.credentials, timeout=ctx.timeout * 3
+        )
+    return deleted, emptied
 
 
 def _wait_for_change(ctx: Context, base: str, since: int, wanted):

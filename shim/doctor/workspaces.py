@@ -20,39 +20,9 @@ def _like_escape(text: str) -> str:
 @check("workspaces", "workspaces", needs={"database": "the database is not reachable (see above)"})
 def workspaces(ctx: Context):
     need_tables(ctx, *db.SYNCABLE_TABLES, "ajxp_repo", "ajxp_repo_options")
-    resolver = WorkspaceResolver(ctx.db, ctx.config.workspaces)
-    builtin = [from_builtin(w) for w in ctx.config.workspaces]
-    found: list[tuple[str, Workspace | None, str]] = [("built-in", w, "") for w in builtin]
-    with ctx.db.connect() as conn:
-        uuids = [
-            r[0]
-            for r in conn.execute(
-                sa.select(db.repo.c.uuid)
-                .where(sa.or_(db.repo.c.isTemplate.is_(None), db.repo.c.isTemplate == sa.false()))
-                .order_by(db.repo.c.uuid)
-            )
-        ]
-    for uuid in uuids:
-        if any(w.id == uuid for w in builtin):
-            continue
-        try:
-            found.append(("ajxp_repo", resolver.resolve(uuid), uuid))
-        except OptionError:
-            found.append(("ajxp_repo", None, uuid))
+    found = _all_workspaces(ctx)
     if ctx.workspace_arg:
-        key = ctx.workspace_arg
-        chosen = (
-            [f for f in found if f[1] is not None and f[1].id == key]
-            or [f for f in found if f[1] is not None and f[1].slug == key]
-            or [f for f in found if f[1] is None and f[2] == key]
-        )
-        if not chosen:
-            raise Stop(
-                FAILED,
-                f"no workspace {key!r}: neither a built-in one of the configuration nor a row of ajxp_repo",
-                "give an existing workspace id or slug to --workspace",
-            )
-        found = chosen[:1]
+        found = _chosen_workspace(found, ctx.workspace_arg)
     if not found:
         raise Stop(
             WARNING,
@@ -82,6 +52,46 @@ def workspaces(ctx: Context):
             )
         )
     return findings
+
+
+def _all_workspaces(ctx: Context) -> list[tuple[str, Workspace | None, str]]:
+    """``(origin, workspace or None when it cannot be read, id)``: the built-in ones, then ajxp_repo's."""
+    resolver = WorkspaceResolver(ctx.db, ctx.config.workspaces)
+    builtin = [from_builtin(w) for w in ctx.config.workspaces]
+    found: list[tuple[str, Workspace | None, str]] = [("built-in", w, "") for w in builtin]
+    with ctx.db.connect() as conn:
+        uuids = [
+            r[0]
+            for r in conn.execute(
+                sa.select(db.repo.c.uuid)
+                .where(sa.or_(db.repo.c.isTemplate.is_(None), db.repo.c.isTemplate == sa.false()))
+                .order_by(db.repo.c.uuid)
+            )
+        ]
+    for uuid in uuids:
+        if any(w.id == uuid for w in builtin):
+            continue
+        try:
+            found.append(("ajxp_repo", resolver.resolve(uuid), uuid))
+        except OptionError:
+            found.append(("ajxp_repo", None, uuid))
+    return found
+
+
+def _chosen_workspace(found, key: str):
+    """The one workspace ``--workspace`` names (by id, then slug), as a list of one."""
+    chosen = (
+        [f for f in found if f[1] is not None and f[1].id == key]
+        or [f for f in found if f[1] is not None and f[1].slug == key]
+        or [f for f in found if f[1] is None and f[2] == key]
+    )
+    if not chosen:
+        raise Stop(
+            FAILED,
+            f"no workspace {key!r}: neither a built-in one of the configuration nor a row of ajxp_repo",
+            "give an existing workspace id or slug to --workspace",
+        )
+    return chosen[:1]
 
 
 def _index_stats(ctx: Context, chosen):
