@@ -112,8 +112,8 @@ class ChangesSideEffects:
             now = self.clock()
             if now - self.last_observed.get(key, 0) > minutes * 60:
                 self.last_observed[key] = now
-                self._count("storage_rescans")
                 self.rescan(ws, login)
+                self._count("storage_rescans")  # once its rows are written: tests wait for this
 
     def _count(self, what: str) -> None:
         with self.lock:
