@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 from shim import config as _shim_config
+from shim.accesslog import LOG_DATE_FORMAT, LOG_FORMAT
 from shim.gunicorn_worker import ShimThreadWorker
 
 try:
@@ -109,11 +110,7 @@ def on_exit(server):
 
 loglevel = _config.log_level.lower()
 accesslog = None
-_FORMAT = {
-    "()": "shim.accesslog.TimestampFormatter",
-    "format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-    "datefmt": "%Y-%m-%d %H:%M:%S %z",
-}
+_FORMAT = {"()": "shim.accesslog.TimestampFormatter", "format": LOG_FORMAT, "datefmt": LOG_DATE_FORMAT}
 _LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -126,7 +123,7 @@ _LOGGING = {
             "stream": "ext://sys.stderr",
             "filters": ["mask_secrets"],
         },
-        "access": {"class": "logging.StreamHandler", "formatter": "shim", "stream": "ext://sys.stderr"},
+        "access": {"class": "shim.accesslog.AccessHandler", "formatter": "shim", "stream": "ext://sys.stderr"},
         "null": {"class": "logging.NullHandler"},
     },
     "root": {"level": "WARNING", "handlers": ["stderr"]},

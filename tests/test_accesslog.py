@@ -1,0 +1,52 @@
+"""The access line written without a log record is the line logging would have written."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+
+import pytest
+
+from shim import accesslog
+
+
+@pytest.fixture
+def access_stream():
+    """The shipped access handler and formatter on a string stream, in place of the logger's own."""
+    stream = io.StringIO()
+    handler = accesslog.AccessHandler(stream)
+    handler.setFormatter(accesslog.TimestampFormatter(accesslog.LOG_FORMAT, accesslog.LOG_DATE_FORMAT))
+    logger = accesslog.access_log
+    saved = logger.handlers[:], logger.level, logger.propagate
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield stream, handler
+    logger.handlers[:], level, logger.propagate = saved
+    logger.setLevel(level)
+
+
+def test_the_direct_line_is_the_formatted_record(access_stream):
+    stream, handler = access_stream
+    fields = accesslog.LogFields(status=200, bytes=10, kind="feed", rows=0, cache="hit")
+    accesslog.write_line("127.0.0.1", "GET", "/api/0/changes/5?auth_hash=***", fields, 0.00042)
+    direct = stream.getvalue()
+    # The same message through the logging machinery, with the same formatter.
+    record = logging.LogRecord("shim.access", logging.INFO, __file__, 1, direct.split(": ", 1)[1][:-1], None, None)
+    record.created = float(int(record.created))  # the second the direct line was written in, or the next
+    expected = handler.formatter.format(record) + "\n"
+    pattern = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} "
+    assert re.match(pattern, direct) and re.sub(pattern, "", direct) == re.sub(pattern, "", expected)
+    assert f"[{os.getpid()}] INFO shim.access: 127.0.0.1 GET /api/0/changes/5?auth_hash=*** status=200 " in direct
+    assert direct.endswith(" kind=feed rows=0 cache=hit\n")
+
+
+def test_a_format_asking_for_more_goes_through_logging(access_stream):
+    stream, handler = access_stream
+    handler.setFormatter(accesslog.TimestampFormatter("%(levelname)s %(module)s %(message)s"))
+    accesslog.write_line("127.0.0.1", "GET", "/x", accesslog.LogFields(status=404), 0.001)
+    assert stream.getvalue() == "INFO accesslog GET /x status=404 bytes=0 ms=1.0 kind=proxy rows=- cache=-\n".replace(
+        "GET", "127.0.0.1 GET", 1
+    )
