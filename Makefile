@@ -2,8 +2,9 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-# pytest's own options for `make test` (two processes: the suite waits on databases and servers).
-PYTEST_ARGS ?= -n 2
+# pytest's own options for `make test`: three processes on two cores, since many tests
+# wait (on real timeouts, servers starting, databases) rather than compute.
+PYTEST_ARGS ?= -n 3
 
 .PHONY: setup demo test test-fast lint services bench clean
 
