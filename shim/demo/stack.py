@@ -55,8 +55,8 @@ class ServerThread:
         self.server = make_server(host, port, app, threaded=True, request_handler=_raw_target_handler())
         self.port = self.server.server_port
         self.url = f"http://{host}:{self.port}"
-        # A short poll interval: stopping the server waits for one poll.
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        # A short poll interval: stopping the server waits for one poll (a test stops two per test).
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
 
     def start(self):
         self.thread.start()
