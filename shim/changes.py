@@ -168,7 +168,8 @@ class ChangesEndpoint:
         # refresh interval, spares the feed its own MAX statement: the SELECT brings
         # the MAX of its own instant along.  Below it (a snapshot, a client far
         # behind), the feed reads MAX first, then streams the rows.
-        known_max = view.max_seq if poll.params.seq >= view.floor else None
+        # Beyond the MAX (a client ahead of this process), the feed reads MAX itself.
+        known_max = view.max_seq if view.floor <= poll.params.seq <= view.max_seq else None
         stream = feed.FeedStream(app.feed_engine, identifier, poll.params, workspace.recycle_bin, known_max)
         if app.config.feed_is_replica and poll.params.seq > stream.very_last:
             # A client ahead of the replica (it lags the primary): answering would

@@ -131,6 +131,7 @@ class Watermark:
         self._stale = False  # a write went through this process since: read again before answering
         self._lock = threading.Lock()
         self.refreshes = 0  # refreshes begun so far (counted under the lock, when each begins)
+        self._reads_done = 0  # refreshes completed: only one begun after a request and done counts for it
 
     def invalidate(self) -> None:
         """Something was written through this process: the next view reads the table first."""
@@ -143,14 +144,16 @@ class Watermark:
         Raises :class:`sqlalchemy.exc.SQLAlchemyError` when the database fails.
         """
         now = self.clock()
-        reads_begun = self.refreshes
-        view = self._view
-        if self._fresh(now) and (seq is None or seq <= view.max_seq):
+        reads_begun, reads_done = self.refreshes, self._reads_done
+        fresh = self._fresh(now)
+        view = self._view  # read after the age: a refresh publishes its view before its time
+        if fresh and (seq is None or seq <= view.max_seq):
             return view
         with self._lock:
             fresh = self._fresh(now)  # another request may have refreshed while this one waited
             if seq is not None and seq > self._view.max_seq:
-                fresh = self.refreshes > reads_begun  # only a read begun after this request counts
+                # Only a read begun after this request and completed counts (one that failed does not).
+                fresh = self.refreshes > reads_begun and self._reads_done > reads_done
             if not fresh:
                 self._refresh()
             return self._view
@@ -180,8 +183,9 @@ class Watermark:
             self._stale = self._stale or stale
             self._read_at = None  # after a failure, start again from the first read
             raise
-        self._read_at = started
         self._publish()
+        self._read_at = started
+        self._reads_done += 1
         if self.metrics is not None:
             self.metrics.watermark_refreshes.inc()
 
@@ -239,8 +243,9 @@ class Watermark:
 
     def _miss(self, first: int, end: int, now: float) -> None:
         """Seqs *first* .. *end* - 1 are missing: gaps, or, past the bound, below a raised floor."""
-        if end - first > MAX_GAPS:
+        if end - first > MAX_GAPS - len(self._gaps):
             self.floor = max(self.floor, end - 1)  # a jump in the sequence: nothing below is waited for
+            self._gaps = {seq: since for seq, since in self._gaps.items() if seq > self.floor}
             return
         for missing in range(first, end):
             self._gaps.setdefault(missing, now)
@@ -249,8 +254,9 @@ class Watermark:
         """Give up old gaps and excess memory: the floor rises above what is forgotten."""
         if self._gaps:
             kept = {seq: since for seq, since in self._gaps.items() if now - since <= GAP_LIFETIME}
-            while len(kept) > MAX_GAPS:
-                del kept[min(kept)]
+            if len(kept) > MAX_GAPS:  # the newest gaps are kept
+                cut = sorted(kept)[-MAX_GAPS]
+                kept = {seq: since for seq, since in kept.items() if seq >= cut}
             given_up = self._gaps.keys() - kept.keys()
             if given_up:
                 self.floor = max(self.floor, *given_up)

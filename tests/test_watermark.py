@@ -348,6 +348,55 @@ def test_a_failed_read_and_a_long_pause_start_the_memory_afresh(standin, shim, m
     assert poll(shim.url, top).content == poll(standin.url, top).content
 
 
+def test_a_failed_read_by_another_request_is_no_fresh_read(standin, shim, monkeypatch):
+    """A client ahead of this process waits for a read that succeeded, never gets "start again" from an old MAX."""
+    top = table_max(standin)
+    poll(shim.url, top)
+    create(standin, "elsewhere.txt", ws="my-files")  # MAX is top + 1; this process knows top
+    wm, real_read, real_fresh = shim.watermark, shim.watermark._read, shim.watermark._fresh
+    others = []
+
+    def failing(started):
+        raise sa.exc.OperationalError("SELECT", {}, Exception("lost connection"))
+
+    def another_request_fails_first(now):
+        if not others:  # after this request noted the reads begun, another one's read begins and fails
+            others.append(1)
+            monkeypatch.setattr(wm, "_read", failing)
+            with pytest.raises(sa.exc.OperationalError):
+                wm._refresh()
+            monkeypatch.setattr(wm, "_read", real_read)
+        return real_fresh(now)
+
+    monkeypatch.setattr(wm, "_fresh", another_request_fails_first)
+    assert wm.view(top + 1).max_seq == top + 1  # this request read the table itself
+    others.clear()
+    assert poll(shim.url, top + 1).content == f"\nLAST_SEQ:{top + 1}".encode() == poll(standin.url, top + 1).content
+
+
+def test_many_small_holes_stay_within_the_gap_bound(standin, shim, monkeypatch):
+    """Rows spaced by 3 (Galera's auto_increment_increment): the gaps stay bounded, the floor rises."""
+    monkeypatch.setattr(watermark, "MAX_GAPS", 100)
+    top = table_max(standin)
+    poll(shim.url, top)
+    wm, expire, most = shim.watermark, shim.watermark._expire, []
+
+    def noting_the_gaps(now):
+        most.append(len(wm._gaps))  # before any trimming: what a refresh allocated
+        expire(now)
+
+    monkeypatch.setattr(wm, "_expire", noting_the_gaps)
+    with standin.engine.begin() as conn:
+        for i in range(1, 301):
+            conn.execute(db.changes.insert().values(seq=top + 3 * i, repository_identifier="0", node_id=i,
+                                                    type="create", source="NULL", target=f"/f{i}"))  # fmt: skip
+    shim.clock.advance(0.151)
+    last = top + 900
+    assert poll(shim.url, last).content == poll(standin.url, last).content == f"\nLAST_SEQ:{last}".encode()
+    assert max(most) <= 100 and len(shim.watermark._gaps) <= 100 and shim.watermark.floor > top
+    assert poll(shim.url, last - 3).content == poll(standin.url, last - 3).content
+
+
 def insert_change(standin, seq, identifier, target):
     with standin.engine.begin() as conn:
         conn.execute(db.changes.insert().values(seq=seq, repository_identifier=identifier, node_id=1,
