@@ -100,7 +100,12 @@ def write_line(remote: str, method: str, target: str, fields: LogFields, seconds
         f"kind={fields.kind} rows={rows} cache={fields.cache or '-'}"
     )
     handlers = access_log.handlers
-    if len(handlers) == 1 and type(handlers[0]) is AccessHandler and handlers[0].write_message(message):
+    if (
+        len(handlers) == 1
+        and type(handlers[0]) is AccessHandler
+        and not access_log.filters  # the logger's own filters need a record
+        and handlers[0].write_message(message)
+    ):
         return
     access_log.info(message)
 
@@ -117,8 +122,8 @@ class AccessHandler(logging.StreamHandler):
     def write_message(self, message: str) -> bool:
         """Write *message* as an INFO line of ``shim.access``; False when the format needs a real record."""
         formatter = self.formatter
-        if not isinstance(formatter, TimestampFormatter) or self.filters:
-            return False
+        if not isinstance(formatter, TimestampFormatter) or self.filters or self.level > logging.INFO:
+            return False  # the usual way, which applies the filters and the handler's level
         line = formatter.access_text(message)
         if line is None:
             return False

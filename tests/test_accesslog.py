@@ -50,3 +50,18 @@ def test_a_format_asking_for_more_goes_through_logging(access_stream):
     assert stream.getvalue() == "INFO accesslog GET /x status=404 bytes=0 ms=1.0 kind=proxy rows=- cache=-\n".replace(
         "GET", "127.0.0.1 GET", 1
     )
+
+
+def test_the_handler_s_level_and_the_logger_s_filters_still_apply(access_stream):
+    stream, handler = access_stream
+    handler.setLevel(logging.WARNING)
+    accesslog.write_line("127.0.0.1", "GET", "/x", accesslog.LogFields(status=200), 0.001)
+    assert stream.getvalue() == ""
+    handler.setLevel(logging.NOTSET)
+    dropping = logging.Filter("no-such-logger")
+    accesslog.access_log.addFilter(dropping)
+    try:
+        accesslog.write_line("127.0.0.1", "GET", "/x", accesslog.LogFields(status=200), 0.001)
+    finally:
+        accesslog.access_log.removeFilter(dropping)
+    assert stream.getvalue() == ""
