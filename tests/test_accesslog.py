@@ -20,16 +20,31 @@ def access_stream():
     handler.setFormatter(accesslog.TimestampFormatter(accesslog.LOG_FORMAT, accesslog.LOG_DATE_FORMAT))
     logger = accesslog.access_log
     saved = logger.handlers[:], logger.level, logger.propagate
-    logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    yield stream, handler
+    direct = []
+    write_message = handler.write_message
+
+    def noted(message):
+        written = write_message(message)
+        direct.append(written)
+        return written
+
+    handler.write_message = noted
+
+    def install():
+        # Here, not at set-up: pytest adds its capturing handlers for the test's call.
+        logger.handlers[:] = [handler]
+        return direct
+
+    yield stream, handler, install
     logger.handlers[:], level, logger.propagate = saved
     logger.setLevel(level)
 
 
 def test_the_direct_line_is_the_formatted_record(access_stream):
-    stream, handler = access_stream
+    stream, handler, install = access_stream
+    direct_writes = install()
     fields = accesslog.LogFields(status=200, bytes=10, kind="feed", rows=0, cache="hit")
     accesslog.write_line("127.0.0.1", "GET", "/api/0/changes/5?auth_hash=***", fields, 0.00042)
     direct = stream.getvalue()
@@ -41,19 +56,23 @@ def test_the_direct_line_is_the_formatted_record(access_stream):
     assert re.match(pattern, direct) and re.sub(pattern, "", direct) == re.sub(pattern, "", expected)
     assert f"[{os.getpid()}] INFO shim.access: 127.0.0.1 GET /api/0/changes/5?auth_hash=*** status=200 " in direct
     assert direct.endswith(" kind=feed rows=0 cache=hit\n")
+    assert direct_writes == [True]  # written without a record
 
 
 def test_a_format_asking_for_more_goes_through_logging(access_stream):
-    stream, handler = access_stream
+    stream, handler, install = access_stream
+    direct_writes = install()
     handler.setFormatter(accesslog.TimestampFormatter("%(levelname)s %(module)s %(message)s"))
     accesslog.write_line("127.0.0.1", "GET", "/x", accesslog.LogFields(status=404), 0.001)
     assert stream.getvalue() == "INFO accesslog GET /x status=404 bytes=0 ms=1.0 kind=proxy rows=- cache=-\n".replace(
         "GET", "127.0.0.1 GET", 1
     )
+    assert direct_writes == [False]
 
 
 def test_the_handler_s_level_and_the_logger_s_filters_still_apply(access_stream):
-    stream, handler = access_stream
+    stream, handler, install = access_stream
+    install()
     handler.setLevel(logging.WARNING)
     accesslog.write_line("127.0.0.1", "GET", "/x", accesslog.LogFields(status=200), 0.001)
     assert stream.getvalue() == ""
