@@ -195,10 +195,12 @@ class Watermark:
             if self._read_at is None or started - self._read_at > IDLE_REREAD:
                 # The last rows already there count too: a client a little behind
                 # (it polled a moment before this process started) is answered as well.
-                self._reset(table_max, "first read" if self._read_at is None else "read again after a pause")
+                # After a pause (every poll of a quiet server, maybe) it is said at DEBUG only.
+                level = logging.INFO if self._read_at is None else logging.DEBUG
+                self._reset(table_max, "first read" if self._read_at is None else "read again after a pause", level)
                 self.max_seq = self.floor = max(0, table_max - INITIAL_TAIL)
                 self._learn(conn.execute(_new_rows(self.max_seq, table_max, {}, 0)).all(), table_max, started)
-                log.info("feed watermark: polls at or above seq %d are answered from memory", self.floor)
+                log.log(level, "feed watermark: polls at or above seq %d are answered from memory", self.floor)
             elif table_max < self.max_seq:
                 self._reset(table_max, "the table's MAX went down")
             elif table_max > self.max_seq or self._gaps:
@@ -211,8 +213,8 @@ class Watermark:
                 else:
                     self._learn(rows, table_max, started)
 
-    def _reset(self, table_max: int, why: str) -> None:
-        log.info("feed watermark: %s; the memory starts at seq %d", why, table_max)
+    def _reset(self, table_max: int, why: str, level: int = logging.INFO) -> None:
+        log.log(level, "feed watermark: %s; the memory starts at seq %d", why, table_max)
         self.max_seq = self.floor = table_max
         self._last_of = {}  # new containers: a view taken before keeps its own
         self._gaps = {}
