@@ -29,6 +29,9 @@ LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 #: Query parameters whose values never reach a log line (matched on the name as PHP decodes it).
 SECRET_PARAMS = frozenset({"auth_hash", "auth_token", "password", "pass", "token", "userid", "secure_token"})
 MASK = "***"
+#: A part every secret name keeps whatever its spelling, short of percent-encoding
+#: ("auth.hash", "auth+token" and "auth[token" are read "auth_..." by PHP).
+_SECRET_CORES = ("auth", "pass", "token", "userid")
 # Something in a log message that looks like a request target with a query.
 _TARGET_WITH_QUERY = re.compile(r"(?<![\w%])(/[^\s?\"']*)\?([^\s\"']*)")
 
@@ -39,6 +42,13 @@ def mask_query(query: str) -> str:
     Names are decoded as PHP decodes them (``auth_%74oken`` is ``auth_token``,
     ``auth.token`` files under ``auth_token``), so no spelling slips through.
     """
+    lowered = query.lower()
+    if "%" not in query and not any(core in lowered for core in _SECRET_CORES):
+        return query  # no name in it can be a secret one (the usual query: nothing to split)
+    return _mask_each(query)
+
+
+def _mask_each(query: str) -> str:
     parts = []
     for part in query.split("&"):
         name, eq, _value = part.partition("=")

@@ -16,6 +16,7 @@ is not ``/conf``.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote
 
@@ -66,6 +67,9 @@ def _windows_name(segment: str) -> str:
     return segment.split("::", 1)[0].rstrip(". ")
 
 
+# A path's answer never changes; clients send the same paths again and again
+# (a feed poll, a download), and canonicalising one costs microseconds.
+@functools.lru_cache(maxsize=4096)
 def is_denied(app_path: str) -> bool:
     """True when *app_path* (relative to the Pydio root) names a protected file.
 
