@@ -28,13 +28,25 @@ ALICE = ("alice", USERS["alice"][0])
 LONG = "/" + "long-folder-name/" * 40
 
 
+#: Loopback ports kept bound and never listened on, so that connecting is refused at once:
+#: a port released again could be taken by another test process's server, and a
+#: database client connecting to an HTTP server waits for a greeting until its timeout.
+_CLOSED_PORTS: list[socket.socket] = []
+
+
+def closed_port() -> int:
+    """A loopback port on which every connection is refused, for the rest of this test process."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    _CLOSED_PORTS.append(held)
+    return held.getsockname()[1]
+
+
 def closed_database_url(engine_name: str, tmp_path) -> str:
     """A URL whose database cannot be reached: a closed loopback port, or a missing directory."""
     if engine_name == "sqlite":
         return f"sqlite:///{tmp_path}/no/such/dir/pydio.db"
-    with socket.socket() as probe:  # a port nobody listens on: bind, read it, release it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     if engine_name == "mysql":
         return f"mysql+pymysql://root@127.0.0.1:{port}/pydio"
     return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/pydio"
@@ -119,9 +131,7 @@ def test_feed_database_unreachable_forwards_the_feed(standin, db_url, engine_nam
 
 
 def test_503_only_when_the_legacy_server_cannot_answer_either(db_url, engine_name, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead_upstream = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    dead_upstream = f"http://127.0.0.1:{closed_port()}"
     server = serve_app(shim_environ(dead_upstream, closed_database_url(engine_name, tmp_path)))
     try:
         assert_unavailable(requests.get(server.url + "/api/1/changes/0/?stream=true", auth=ALICE, timeout=30))
