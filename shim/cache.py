@@ -1,13 +1,16 @@
-"""A small bounded cache whose entries expire, with a clock tests can drive.
+"""Small bounded caches: entries that expire, with a clock tests can drive; answers per short path.
 
 No well-kept library offers both an LRU bound and a per-entry lifetime with
 an injectable clock in a few lines (``cachetools.TTLCache`` has one lifetime
-for all entries); this is that, thread-safe.
+for all entries); :class:`TTLCache` is that, thread-safe.
+:func:`remembered_for_short_paths` is :func:`functools.lru_cache` with its
+memory bounded in bytes too.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -66,3 +69,31 @@ class TTLCache:
         """The current keys (expired ones included until they are next read)."""
         with self._lock:
             return list(self._data)
+
+
+#: Paths longer than this are answered anew each time (a request line may be 8 KiB long).
+LONGEST_REMEMBERED_PATH = 512
+
+
+def remembered_for_short_paths(max_entries: int):
+    """Decorate a function of a path (and hashable extras) whose answer never changes: remembered, LRU.
+
+    Only paths of at most :data:`LONGEST_REMEMBERED_PATH` characters are kept,
+    so that clients sending long distinct paths cannot make the memory grow
+    beyond *max_entries* short ones (sync clients' paths are short and repeat).
+    """
+
+    def decorate(function):
+        cached = functools.lru_cache(maxsize=max_entries)(function)
+
+        @functools.wraps(function)
+        def answer(path: str, *extras):
+            if len(path) > LONGEST_REMEMBERED_PATH:
+                return function(path, *extras)
+            return cached(path, *extras)
+
+        answer.cache_info = cached.cache_info  # type: ignore[attr-defined]
+        answer.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+        return answer
+
+    return decorate

@@ -16,9 +16,10 @@ is not ``/conf``.
 
 from __future__ import annotations
 
-import functools
 import re
 from urllib.parse import unquote
+
+from .cache import remembered_for_short_paths
 
 _DENIED = re.compile(
     r"^/(conf|core)(/|$)"
@@ -29,6 +30,8 @@ _DENIED = re.compile(
 
 #: Layers of percent-encoding undone; a path still encoded after that many is refused.
 MAX_DECODING_LAYERS = 4
+#: Verdicts remembered per process (short paths only: shim.cache).
+VERDICTS_REMEMBERED = 4096
 
 
 class _Suspicious(Exception):
@@ -69,7 +72,7 @@ def _windows_name(segment: str) -> str:
 
 # A path's answer never changes; clients send the same paths again and again
 # (a feed poll, a download), and canonicalising one costs microseconds.
-@functools.lru_cache(maxsize=4096)
+@remembered_for_short_paths(VERDICTS_REMEMBERED)
 def is_denied(app_path: str) -> bool:
     """True when *app_path* (relative to the Pydio root) names a protected file.
 

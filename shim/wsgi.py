@@ -22,7 +22,6 @@ builds one from a :class:`~shim.config.Config` (tests, the demo, other servers).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -34,6 +33,7 @@ from werkzeug.routing import Map, Rule
 
 from . import auth, authz, db, denylist, health
 from . import config as config_module
+from .cache import remembered_for_short_paths
 from .changes import ChangesEndpoint
 from .changewatch import ChangeWatch
 from .dbstate import DatabaseState
@@ -125,7 +125,7 @@ class ShimApp:
         self.adapter = url_map(config).bind("shim", url_scheme="http")
         # The map never changes, so a path's route neither: Werkzeug's matcher costs
         # a tenth of a poll answered from memory, a dictionary lookup nothing.
-        self._route = functools.lru_cache(maxsize=MATCHES_REMEMBERED)(self._route_uncached)
+        self._route = remembered_for_short_paths(MATCHES_REMEMBERED)(self._route_uncached)
         self.admin_paths = {p.rstrip("/") for p in (config.admin_health_path, config.admin_metrics_path) if p}
         # urllib3 logs request URLs at DEBUG, and probe URLs carry a token and a
         # valid hash: never let them reach a log, whatever the root level.

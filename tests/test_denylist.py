@@ -227,3 +227,17 @@ def test_a_client_creates_a_dot_file_through_the_shim(shim, standin):
     response = requests.post(f"{shim.url}/api/my-files/mkfile/.gitignore", auth=("alice", USERS["alice"][0]))
     assert response.status_code == 200 and b'type="SUCCESS"' in response.content
     assert ("POST", "/api/my-files/mkfile/.gitignore") in list(standin.log)
+
+
+def test_verdicts_are_remembered_for_short_paths_only():
+    """Long distinct paths (a request line may be 8 KiB) must not grow the remembered verdicts."""
+    from shim import cache
+
+    denylist.is_denied.cache_clear()
+    long_denied = "/conf/" + "a" * cache.LONGEST_REMEMBERED_PATH
+    long_allowed = "/api/x/download/" + "b" * cache.LONGEST_REMEMBERED_PATH
+    assert denylist.is_denied(long_denied) and not denylist.is_denied(long_allowed)
+    assert denylist.is_denied.cache_info().currsize == 0
+    assert denylist.is_denied("/conf/x") and denylist.is_denied("/conf/x")
+    info = denylist.is_denied.cache_info()
+    assert (info.currsize, info.hits) == (1, 1)
