@@ -26,7 +26,7 @@ from . import translate
 from .resign import resign_for_upstream
 from .responses import RawResponse, plain
 from .spool import Spool
-from .upstream import CHUNK, ClientBodyError, RequestRefused, UpstreamError, UpstreamResponse
+from .upstream import CHUNK, ClientBodyError, RequestRefused, SizedBody, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +34,13 @@ log = logging.getLogger(__name__)
 MAX_CONTENT_LENGTH = 2**63 - 1
 
 
-class BodyReader:
+class BodyReader(SizedBody):
     """A request body of known length, read from the WSGI input as it is sent."""
 
     def __init__(self, stream, length: int):
+        super().__init__(length)
         self.stream = stream
         self.remaining = length
-        self.length = length
-
-    def __len__(self):
-        return self.length
 
     def read(self, size: int = CHUNK) -> bytes:
         if self.remaining <= 0:

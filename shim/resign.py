@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from . import auth
 from .phpcompat import parse_query, urldecode_bytes
+from .upstream import CHUNK, SizedBody
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +117,15 @@ def resign_body_head(head: bytes, content_type: str, public_path: str, upstream_
     return head[:start] + raw_new + head[end:]
 
 
-class HeadReplacedReader:
+class HeadReplacedReader(SizedBody):
     """A sized body whose first bytes were replaced (same length), the rest streamed."""
 
     def __init__(self, head: bytes, rest, length: int):
+        super().__init__(length)
         self.head = head
         self.rest = rest
-        self.length = length
 
-    def __len__(self):
-        return self.length
-
-    def read(self, size: int = 65536) -> bytes:
+    def read(self, size: int = CHUNK) -> bytes:
         if self.head:
             chunk, self.head = self.head[:size], self.head[size:]
             return chunk

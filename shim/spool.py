@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 
-from .upstream import CHUNK, ClientBodyError, RequestRefused
+from .upstream import CHUNK, ClientBodyError, RequestRefused, SizedBody
 
 #: Bodies up to this size stay in memory, larger ones go to a temporary file.
 SPOOL_MEMORY = 1024 * 1024
@@ -30,16 +30,13 @@ class SpoolRefused(RequestRefused):
         self.status = status
 
 
-class SpooledBody:
-    """A spooled body: ``len()`` and ``read(n)`` for the transports, ``close()`` gives its space back."""
+class SpooledBody(SizedBody):
+    """A spooled body; ``close()`` gives its space back."""
 
     def __init__(self, spool, size: int, release):
+        super().__init__(size)
         self.spool = spool
-        self.size = size
         self._release = release
-
-    def __len__(self):
-        return self.size
 
     def read(self, size: int = CHUNK) -> bytes:
         return self.spool.read(size)
@@ -48,7 +45,7 @@ class SpooledBody:
         if self._release is not None:
             release, self._release = self._release, None
             self.spool.close()
-            release(self.size)
+            release(self.length)
 
 
 class Spool:

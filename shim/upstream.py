@@ -83,6 +83,23 @@ class UpstreamResponse:
         return bytes(data)
 
 
+class SizedBody:
+    """A request body of known length, as the transports take it.
+
+    ``len()`` gives the Content-Length sent ahead; ``read(n)`` returns up to *n*
+    bytes, ``b""`` at the end.  Subclasses say where the bytes come from.
+    """
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, size: int = CHUNK) -> bytes:
+        raise NotImplementedError
+
+
 class Upstream(Protocol):
     """The legacy server, as the shim sends requests to it."""
 
@@ -94,7 +111,7 @@ class Upstream(Protocol):
     def send(self, method: str, target: str, headers: list[tuple[str, str]], body=None) -> UpstreamResponse:
         """Send one request; *target* is the exact request target (path and query).
 
-        *body* is None, bytes, or a sized reader (``len()`` and ``read(n)``).
+        *body* is None, bytes, or a :class:`SizedBody`.
         Raises :class:`UpstreamError` (502), :class:`UpstreamTimeout` (504) or
         :class:`RequestRefused` (the request cannot be sent as it is).
         """
