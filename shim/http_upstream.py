@@ -32,7 +32,6 @@ IDLE_TIMEOUT = 4.0
 #: Requests that may be sent again on a new connection when a kept-alive one
 #: turns out to be closed (only when their body can be sent again, too).
 RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", "PROPFIND"})
-_OBS_FOLD = re.compile(r"\r?\n[ \t]*")
 
 
 def _ascii_target(uri: str) -> str:
@@ -72,49 +71,123 @@ def _abort(sock):
             pass
 
 
-class _HeaderRecorder:
-    """The response's file, keeping the raw lines of the header block as http.client reads them.
+#: http.client's own limits on a header block: bytes per line, lines.
+_MAX_LINE = 65536
+_MAX_FIELDS = 100
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
-    http.client hands the header block to the email parser, which splits lines
-    on a bare CR too: ``X: a\\rSet-Cookie: b`` would come back as two clean
-    headers.  The raw lines let :func:`_raw_header_problem` see what was sent.
+
+class _Fields:
+    """The header fields of an answer, in order, with the lookups http.client makes of them."""
+
+    def __init__(self, fields: list[tuple[str, str]]):
+        self.fields = fields
+
+    def get(self, name: str, default=None):
+        """The first field called *name* (any case), as the email parser's message answers."""
+        name = name.lower()
+        for field_name, value in self.fields:
+            if field_name.lower() == name:
+                return value
+        return default
+
+    def get_all(self, name: str, default=None):
+        name = name.lower()
+        return [value for field_name, value in self.fields if field_name.lower() == name] or default
+
+    def items(self):
+        return list(self.fields)
+
+
+def parse_header_block(lines: list[bytes]) -> tuple[list[tuple[str, str]], str | None]:
+    """``(fields, problem)`` of the raw header lines of an answer (status line excluded).
+
+    Written here because http.client hands the block to the email parser,
+    which costs about a third of a small forwarded request and splits lines
+    on a bare CR too (``X: a\\rSet-Cookie: b`` would come back as two clean
+    fields).  Values are read as that parser reads them (leading blanks
+    dropped, trailing ones kept), with obsolete line folding undone into one
+    space.  *problem* says why the block must not be relayed: a bare CR, a line
+    that is no field, folding before the first field.
+    """
+    fields: list[tuple[str, str]] = []
+    for line in lines:
+        content = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
+        if not content:
+            break
+        if b"\r" in content:
+            return fields, "a bare CR in a header line"
+        if content[:1] in (b" ", b"\t"):  # obsolete line folding: the previous value goes on
+            if not fields:
+                return fields, "line folding before the first header"
+            folded_name, folded_value = fields[-1]
+            fields[-1] = (folded_name, folded_value + " " + content.lstrip(b" \t").decode("latin-1"))
+            continue
+        name, colon, value = content.partition(b":")
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            return fields, f"an invalid header name {name[:40]!r}"
+        fields.append((name.decode("latin-1"), value.lstrip(b" \t").decode("latin-1")))
+    return fields, None
+
+
+class _StrictResponse(http.client.HTTPResponse):
+    """http.client's response, with the header block read by :func:`parse_header_block`.
+
+    :meth:`begin` sets what http.client's own does (status, reason, version,
+    ``chunked``, ``length``, ``will_close``), from the same fields the shim
+    relays, so that the framing checked is the framing read.
     """
 
-    def __init__(self, fp):
-        self._fp = fp
-        self.lines: list[bytes] = []
-        self._recording = True
+    fields: list[tuple[str, str]]
+    problem: str | None
 
-    def readline(self, limit: int = -1) -> bytes:
-        line = self._fp.readline(limit)
-        if self._recording:
-            self.lines.append(line)
-            if line in (b"\r\n", b"\n", b"") and len(self.lines) > 1:
-                self._recording = False
-        return line
+    def begin(self):
+        if self.headers is not None:
+            return
+        while True:
+            version, status, reason = self._read_status()
+            if status != http.client.CONTINUE:
+                break
+            self._read_block()  # an interim 100 answer's fields are dropped
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.fields, self.problem = parse_header_block(self._read_block())
+        self.headers = self.msg = _Fields(self.fields)
+        transfer_coding = self.headers.get("transfer-encoding")
+        self.chunked = bool(transfer_coding) and transfer_coding.lower() == "chunked"
+        self.chunk_left = None
+        self.will_close = self._check_close()
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            if self.length is not None and self.length < 0:
+                self.length = None
+        if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True  # the body ends when the connection does
 
-    def __getattr__(self, name):
-        return getattr(self._fp, name)
-
-
-class _RecordingResponse(http.client.HTTPResponse):
-    def __init__(self, sock, *args, **kwargs):
-        super().__init__(sock, *args, **kwargs)
-        self.fp = _HeaderRecorder(self.fp)  # type: ignore[assignment]
-
-
-def _raw_header_problem(lines: list[bytes]) -> str | None:
-    """What is wrong with the raw header lines of an answer (after its status line), or None."""
-    for line in lines[1:]:
-        content = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
-        if b"\r" in content:
-            return "a bare CR in a header line"
-        if not content or content[:1] in (b" ", b"\t"):  # the end, or obsolete line folding
-            continue
-        name, colon, _ = content.partition(b":")
-        if not colon or not re.fullmatch(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
-            return f"an invalid header name {name[:40]!r}"
-    return None
+    def _read_block(self) -> list[bytes]:
+        lines = []
+        while True:
+            line = self.fp.readline(_MAX_LINE + 1)
+            if len(line) > _MAX_LINE:
+                raise http.client.LineTooLong("header line")
+            lines.append(line)
+            if len(lines) > _MAX_FIELDS:
+                raise http.client.HTTPException(f"got more than {_MAX_FIELDS} headers")
+            if line in (b"\r\n", b"\n", b""):
+                return lines
 
 
 class HttpUpstream:
@@ -146,7 +219,7 @@ class HttpUpstream:
             )
         else:
             conn = http.client.HTTPConnection(self.hostname, self.port, timeout=self.connect_timeout)
-        conn.response_class = _RecordingResponse
+        conn.response_class = _StrictResponse
         try:
             conn.connect()
         except TimeoutError as exc:
@@ -221,7 +294,7 @@ class HttpUpstream:
     def send(self, method: str, uri: str, headers: list[tuple[str, str]], body=None) -> UpstreamResponse:
         """Send one request; *uri* is the exact request target (path and query).
 
-        *body* is None, bytes, or a sized reader (:class:`BodyReader`).  Raises
+        *body* is None, bytes, or a sized reader (:class:`~shim.upstream.SizedBody`).  Raises
         :class:`UpstreamError` (502), :class:`UpstreamTimeout` (504) or
         :class:`RequestRefused` (400: a header or target http.client refuses, or a
         client body that broke off).
@@ -260,12 +333,11 @@ class HttpUpstream:
         return self._response(conn, sock, method, response, sent_whole)
 
     def _response(self, conn, sock, method: str, response, sent_whole: bool) -> UpstreamResponse:
-        headers = [(name, _OBS_FOLD.sub(" ", value)) for name, value in response.getheaders()]
+        headers = response.fields
         try:
-            problem = _raw_header_problem(response.fp.lines) if isinstance(response.fp, _HeaderRecorder) else None
-            if problem or response.msg.defects or response.msg.get_payload():
+            if response.problem:
                 # Part of the header block would pass for something else downstream.
-                raise UpstreamError(f"the legacy server sent a malformed header block ({problem or 'unparsable'})")
+                raise UpstreamError(f"the legacy server sent a malformed header block ({response.problem})")
             check_framing(headers)
         except UpstreamError:
             _abort(sock)

@@ -1,0 +1,205 @@
+"""The HTTP transport's own reading of an answer's header block and framing.
+
+The header block is parsed by :func:`shim.http_upstream.parse_header_block`
+instead of http.client's email parser.  The property test holds it to what
+the stdlib parser (with obsolete folding undone) makes of every block that
+parser reads cleanly; the socket tests check the framing http.client reads
+the body by, from those fields.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import re
+import socket
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shim.http_upstream import HttpUpstream, parse_header_block
+from shim.upstream import UpstreamError
+
+# --- the parse alone ---------------------------------------------------------------------------
+
+
+def lines_of(block: bytes) -> list[bytes]:
+    return io.BytesIO(block).readlines()
+
+
+@pytest.mark.parametrize(
+    "block, fields",
+    [
+        (
+            b"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n",
+            [("Content-Type", "text/plain"), ("Content-Length", "2")],
+        ),
+        (b"Set-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n", [("Set-Cookie", "a=1"), ("set-cookie", "b=2")]),
+        (b"X-Long: one\r\n two\r\n\tthree\r\n\r\n", [("X-Long", "one two three")]),
+        (b"X-Pad:   \t value  \r\n\r\n", [("X-Pad", "value  ")]),
+        (b"X-Bare: lf\nX-Next: 1\n\n", [("X-Bare", "lf"), ("X-Next", "1")]),
+        (b"X-Empty:\r\n\r\n", [("X-Empty", "")]),
+        (b"X-Latin: caf\xe9\r\n\r\n", [("X-Latin", "caf\xe9")]),
+        (b"X-Colon: a: b\r\n\r\n", [("X-Colon", "a: b")]),
+        (b"\r\n", []),
+        (b"X-Cut: before EOF\r\n", [("X-Cut", "before EOF")]),
+    ],
+)
+def test_fields_are_read_as_sent(block, fields):
+    assert parse_header_block(lines_of(block)) == (fields, None)
+
+
+@pytest.mark.parametrize(
+    "block, problem",
+    [
+        (b"X-Note: a\rSet-Cookie: injected=1\r\n\r\n", "a bare CR"),
+        (b"Bad Name: x\r\n\r\n", "an invalid header name"),
+        (b"no colon here\r\n\r\n", "an invalid header name"),
+        (b": no name\r\n\r\n", "an invalid header name"),
+        (b"X-A : spaced\r\n\r\n", "an invalid header name"),
+        (b" folded: first\r\nX-A: 1\r\n\r\n", "line folding before the first header"),
+        (b"X-A: 1\r\nFrom nobody\r\n\r\n", "an invalid header name"),
+    ],
+)
+def test_a_block_that_could_pass_for_something_else_is_named(block, problem):
+    fields, found = parse_header_block(lines_of(block))
+    assert found is not None and found.startswith(problem)
+
+
+_FOLD = re.compile(r"\r?\n[ \t]*")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def stdlib_reading(block: bytes):
+    """What http.client's email parser makes of *block*, folding undone; None when it is not clean."""
+    message = http.client.parse_headers(io.BytesIO(block))
+    if message.defects or message.get_payload():
+        return None
+    return [(name, _FOLD.sub(" ", value)) for name, value in message.items()]
+
+
+# Names the stdlib refuses too ("Bad Name", "X-A "): the block is then not clean for either.
+names = st.sampled_from(
+    ["Content-Type", "set-cookie", "X-A", "ETag", "Location", "x_y", "A1!#$%&'*+.^`|~", "Bad Name", "X-A "]
+)
+values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=20)
+folds = st.lists(st.tuples(st.sampled_from([" ", "\t", "  ", " \t"]), values), max_size=2)
+endings = st.sampled_from([b"\r\n", b"\n"])
+
+
+@st.composite
+def header_blocks(draw):
+    block = b" folded before any field" + draw(endings) if draw(st.integers(0, 9)) == 0 else b""
+    for _ in range(draw(st.integers(0, 6))):
+        ending = draw(endings)
+        block += draw(names).encode() + b":" + draw(st.sampled_from([b"", b" ", b"\t ", b"  "]))
+        block += draw(values).encode("latin-1") + ending
+        for blank, more in draw(folds):
+            block += (blank + more).encode("latin-1") + draw(endings)
+    return block + draw(endings)
+
+
+@settings(max_examples=400, deadline=None)
+@given(header_blocks())
+def test_every_clean_block_reads_as_the_stdlib_reads_it(block):
+    expected = stdlib_reading(block)
+    fields, problem = parse_header_block(lines_of(block))
+    if expected is None:
+        assert problem is not None
+    else:
+        assert problem is None
+        assert fields == expected
+
+
+# --- framing, over a socket ----------------------------------------------------------------------
+
+
+class OneShotServer:
+    """Answers each connection's first request with the bytes given, then closes."""
+
+    def __init__(self, answer: bytes):
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    part = conn.recv(65536)
+                    if not part:
+                        break
+                    data += part
+                conn.sendall(self.answer)
+
+    def close(self):
+        self.sock.close()
+
+
+def exchange(answer: bytes, method: str = "GET"):
+    server = OneShotServer(answer)
+    upstream = HttpUpstream(f"http://127.0.0.1:{server.port}", read_timeout=5)
+    try:
+        response = upstream.send(method, "/x", [])
+        try:
+            return response.status, response.reason, response.headers, b"".join(response.body)
+        finally:
+            response.close()
+    finally:
+        upstream.close()
+        server.close()
+
+
+def test_chunked_body_is_read_to_its_last_chunk():
+    status, _, headers, body = exchange(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nNOT-BODY"
+    )
+    assert (status, body) == (200, b"hello world")
+    assert headers == [("Transfer-Encoding", "chunked")]
+
+
+def test_content_length_bounds_the_body():
+    assert exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef")[3] == b"abc"
+
+
+def test_no_length_reads_to_the_close():
+    assert exchange(b"HTTP/1.0 200 OK\r\nX-A: 1\r\n\r\nuntil the end")[3] == b"until the end"
+
+
+def test_an_interim_100_answer_is_skipped():
+    status, reason, headers, body = exchange(
+        b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+    )
+    assert (status, reason, headers, body) == (201, "Created", [("Content-Length", "2")], b"ok")
+
+
+@pytest.mark.parametrize("method, status", [("HEAD", 200), ("GET", 204), ("GET", 304)])
+def test_bodyless_answers_read_no_body(method, status):
+    answer = f"HTTP/1.1 {status} X\r\nContent-Length: 5\r\n\r\n".encode()
+    assert exchange(answer, method)[3] == b""
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % n for n in range(101)) + b"\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Note: a\rSet-Cookie: x=1\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\n folded first\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/2 200 OK\r\n\r\n",
+    ],
+    ids=["101 headers", "70,000-byte line", "bare CR", "folding first", "length and chunked", "HTTP/2"],
+)
+def test_an_answer_that_cannot_be_relayed_safely_is_an_upstream_error(answer):
+    with pytest.raises(UpstreamError):
+        exchange(answer)
