@@ -30,9 +30,11 @@ changes = sa.Table(
     sa.Column("seq", sa.BigInteger, primary_key=True),
     sa.Column("repository_identifier", sa.Text),
     sa.Column("node_id", sa.BigInteger),
+    # What happened: "create", "delete", "content" or "path" (a move or a rename),
+    # and the node's path before and after ("NULL" on the side that has none).
     sa.Column("type", sa.String(16)),
     sa.Column("source", sa.Text),
-    sa.Column("target", sa.Text),  # the paths before and after
+    sa.Column("target", sa.Text),
 )
 
 index = sa.Table(

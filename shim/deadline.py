@@ -106,19 +106,19 @@ def watch_postgresql(engine, seconds: float) -> None:
                 pass
 
 
-def guarded_rows(result, conn, seconds: float, batch: int = 1000):
-    """The rows of *result* (a server-side cursor of *conn*), each fetch of *batch* rows under a deadline.
+def guarded_fetch(cursor, conn, seconds: float):
+    """``fetchmany`` of *cursor* (a DB-API server-side cursor of *conn*), each call under a deadline.
 
-    Only the fetches count: while the caller holds the generator (a slow client
+    Only the fetches count: while the caller holds the rows (a slow client
     reading the feed), no deadline runs.
     """
     fd = conn.connection.dbapi_connection.fileno()
-    while True:
+
+    def fetchmany(size: int):
         DEADLINES.arm(fd, seconds)
         try:
-            rows = result.fetchmany(batch)
+            return cursor.fetchmany(size)
         finally:
             DEADLINES.disarm(fd)
-        if not rows:
-            return
-        yield from rows
+
+    return fetchmany

@@ -70,6 +70,29 @@ class FeedError(Exception):
     """The database failed while the feed was being computed."""
 
 
+def driver_rows(result, fetch=None):
+    """The rows of *result*, a streamed SELECT: what SQLAlchemy read ahead, then the driver's own tuples.
+
+    SQLAlchemy's iteration builds a Row for each row and makes a snapshot's
+    fetch about 40 % slower than the driver alone (docs/benchmarks.md); the
+    feed's columns need none of its result processing (integers and text, as
+    the drivers return them; :func:`shim.feedrows.make_row` takes the rest).
+    A streamed result holds the one row SQLAlchemy reads ahead (psycopg2 needs
+    it for the columns): that row comes from SQLAlchemy, the rest from
+    *fetch* (``fetchmany`` of the DB-API cursor by default).  Should it hold
+    more, or hold it where this cannot see, every row comes SQLAlchemy's way.
+    The driver's errors come as they are: the caller catches them too.
+    """
+    yield from result.fetchmany(1)
+    read_ahead = getattr(result.cursor_strategy, "_rowbuffer", None)
+    if read_ahead is None or len(read_ahead):
+        yield from result
+        return
+    fetch = fetch or result.cursor.fetchmany
+    while rows := fetch(FETCH_ROWS):
+        yield from rows
+
+
 @dataclass(frozen=True)
 class FeedParams:
     """What a feed request asks for, parsed as the legacy server parses it."""
@@ -215,6 +238,7 @@ class FeedStream:
         self, engine, identifier: str, params: FeedParams, recycle_bin: str = "", very_last: int | None = None
     ):
         self._deadline = deadline.WATCHED.get(engine)  # PostgreSQL: fetches get a client-side deadline
+        self._driver_error = engine.dialect.loaded_dbapi.Error  # what the rows' fetches raise (driver_rows)
         self.params = params
         self.recycle_bin = recycle_bin
         self.rows_sent = 0
@@ -272,13 +296,17 @@ class FeedStream:
         sent_any = False
         last_seq_box: list = [None, 0]
         try:
-            rows = () if self._result is None else self._result  # None: nothing after MAX, no query run
-            if self._result is not None and self._deadline:
-                rows = deadline.guarded_rows(self._result, self._conn, self._deadline)
+            rows = ()  # no result: nothing after MAX, no query run
+            if self._result is not None:
+                fetch = self._deadline and deadline.guarded_fetch(self._result.cursor, self._conn, self._deadline)
+                rows = driver_rows(self._result, fetch or None)
             if self._with_max:
                 rows = self._rows_and_max(rows)
             for row in feed_rows(rows, self.params, self.recycle_bin, last_seq_box):
-                if not printable(row):
+                text = encode_row(row)
+                # A string PHP cannot encode holds a surrogate, which the encoder
+                # writes as "\udXXX": only a row whose text has one is checked.
+                if "\\ud" in text and not printable(row):
                     # PHP's json_encode fails on invalid UTF-8 and prints nothing
                     # for the row; printing nothing at all keeps the output valid.
                     self.rows_skipped += 1
@@ -290,7 +318,6 @@ class FeedStream:
                             row["node_id"],
                         )
                     continue
-                text = encode_row(row)
                 if sent_any:
                     out.append(separator)
                 out.append(text)
@@ -309,7 +336,7 @@ class FeedStream:
                 # above it (committed since) raises it, as PHP's second MAX would,
                 # and a row that arrived unseen is never skipped.
                 last_seq = max(self.very_last, last_seq_box[1]) or 1
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, self._driver_error) as exc:
             # The body is already under way: end it without a LAST_SEQ line so the
             # client can never take a partial answer for a complete one.
             log.error("feed: database error after %d rows: %s", self.rows_sent, db.first_line(exc))
@@ -329,7 +356,7 @@ class FeedStream:
         if self._result is not None and not self._exhausted and self._conn is not None:
             # A client gone mid-feed: closing a server-side cursor would make
             # MySQL drain the rest of the result first; drop the connection.
-            dbapi_cursor = getattr(self._result, "cursor", None)
+            dbapi_cursor = getattr(getattr(self._result, "context", None), "cursor", None)
             try:
                 self._conn.invalidate()
                 # PyMySQL's unbuffered cursor would still try to drain the closed

@@ -190,6 +190,11 @@ def printable(row: dict) -> bool:
     return True
 
 
+#: The four change types as JSON (a type is one of them on every engine: an
+#: enumerated column on MySQL and PostgreSQL, the triggers' words on SQLite).
+_TYPE_TEXT = {name: f'"{name}"' for name in TYPE_RANK}
+
+
 def encode_row(row: dict) -> str:
     """One row as PHP's ``json_encode`` prints it, in one pass over its fields.
 
@@ -200,8 +205,9 @@ def encode_row(row: dict) -> str:
     """
     node = row["node"]
     bytesize, mtime = node["bytesize"], node["mtime"]
+    type_ = row["type"]
     return (
-        f'{{"seq":{row["seq"]},"node_id":{row["node_id"]},"type":{json_text(row["type"])},'
+        f'{{"seq":{row["seq"]},"node_id":{row["node_id"]},"type":{_TYPE_TEXT.get(type_) or json_text(type_)},'
         f'"source":{json_text(row["source"])},"target":{json_text(row["target"])},'
         f'"node":{{"bytesize":{"null" if bytesize is None else bytesize},"md5":{json_text(node["md5"])},'
         f'"mtime":{"null" if mtime is None else mtime},"node_path":{json_text(node["node_path"])},'

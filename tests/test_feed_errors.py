@@ -8,7 +8,6 @@ database connection; a stored path that is not UTF-8 is skipped, never a crash.
 
 from __future__ import annotations
 
-import itertools
 import json
 import socket
 import sqlite3
@@ -198,13 +197,33 @@ def test_a_query_failing_on_a_live_database_is_forwarded(standin, shim):
 # --- after the body started: no LAST_SEQ ----------------------------------------------------
 
 
-class FailingResult:
-    """The real result, raising the driver's error after *after* rows (a server gone mid-query)."""
+class FailingCursor:
+    """A real DB-API cursor that raises the driver's own *error* after *after* rows (a server gone mid-query)."""
 
-    def __init__(self, real, after: int):
+    def __init__(self, real, error: type[Exception], after: int):
+        self.real, self.error, self.after, self.served = real, error, after, 0
+
+    def fetchmany(self, size: int):
+        if self.served >= self.after:
+            raise self.error("server closed the connection")
+        rows = self.real.fetchmany(min(size, self.after - self.served))
+        self.served += len(rows)
+        return rows
+
+
+class FailingResult:
+    """The real result, failing after *after* rows.
+
+    As the feed reads a result (:attr:`cursor`), the failure is the driver's
+    *error*; iterated (rows handed on by the feed), it is SQLAlchemy's.
+    """
+
+    def __init__(self, real, after: int, error: type[Exception] | None = None):
         self.real = real
         self.after = after
         self.rows = self._rows()
+        if error is not None:
+            self.cursor = FailingCursor(real.cursor, error, after)
 
     def _rows(self):
         for n, row in enumerate(self.real):
@@ -217,11 +236,29 @@ class FailingResult:
     def __iter__(self):
         return self.rows
 
-    def fetchmany(self, size: int):  # how the PostgreSQL feed reads (under a deadline)
-        return list(itertools.islice(self.rows, size))
+    def __getattr__(self, name):  # what the feed reads of a result (fetchmany, cursor_strategy...)
+        return getattr(self.real, name)
 
-    def close(self):
-        self.real.close()
+
+def test_rows_after_the_read_ahead_one_come_from_the_driver_itself(db_url):
+    """The feed's fast path holds on every engine: SQLAlchemy's one read-ahead row, then the driver's tuples.
+
+    Should SQLAlchemy ever read ahead differently, the feed still sends every
+    row (the slow path), and this test names the change.
+    """
+    engine = db.create_engine(db_url)
+    try:
+        fill_changes(engine, 2500)
+        statement, values = feed.feed_query_and_values("1-alice", 0, None)
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=feed.FETCH_ROWS).execute(statement, values)
+            rows = list(feed.driver_rows(result))
+            result.close()
+        assert [r[0] for r in rows] == list(range(1, 2501))
+        assert isinstance(rows[0], sa.Row)
+        assert all(type(r) is tuple for r in rows[1:])
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("stream,flatten", [(True, False), (True, True), (False, False), (False, True)])
@@ -232,7 +269,7 @@ def test_failure_mid_stream_never_ends_with_last_seq(db_url, stream, flatten):
         params = feed.FeedParams(seq=0, stream=stream, flatten=flatten, filter=None)
         body = feed.FeedStream(engine, "1-alice", params, "recycle_bin")
         # After more rows than one fetch brings (PostgreSQL fetches 1000 at a time).
-        body._result = FailingResult(body._result, after=1300)
+        body._result = FailingResult(body._result, after=1300, error=engine.dialect.loaded_dbapi.OperationalError)
         received = []
         with pytest.raises(feed.FeedError):
             for chunk in body:
