@@ -18,9 +18,10 @@ idle-clients   200 clients, each a user of its own, polling a quiet workspace ev
                for 4 minutes through the shim (default settings), then the legacy
                server directly: legacy requests and database statements per poll.
 
-Every comparison runs within one invocation, alternating its sides run by run; the
-figures are medians over ``--runs`` runs.  The run prints a PASS/FAIL line per
-target and exits with status 1 when one is missed (2 when it could not run).
+Every comparison runs within one invocation, alternating its sides run by run (the
+two sides of a ratio swap places every round); the figures are medians over
+``--runs`` runs.  The run prints a PASS/FAIL line per target and exits with
+status 1 when one is missed (2 when it could not run).
 A missed target is explained by a py-spy profile of a worker under the same
 load (top functions printed, the raw profile saved under var/bench/).
 See bench/README and docs/benchmarks.md.
@@ -148,6 +149,11 @@ def render_table(title: str, header: list[str], rows: list[list]) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
+
+
+def in_turn(round_no: int, sides: tuple[str, str]) -> tuple[str, str]:
+    """The two compared sides in the order of round *round_no*: swapped every round."""
+    return sides if round_no % 2 == 0 else sides[::-1]
 
 
 def median(runs: list[dict], key: str) -> float:
@@ -542,18 +548,26 @@ def part_feed_poll(ctx: Context):
     rows, cpu_rows, figures = [], [], {}
     for connections in (1, 8, 64):
         shim_runs, hello_runs, php_runs, probes = [], [], [], 0
-        for _ in range(ctx.args.runs):
-            result, upstream_calls = ctx.shim_poll_run(connections)
-            shim_runs.append(result)
-            probes += upstream_calls
-            hello_runs.append(
-                ctx.metered("hello", lambda c=connections: load.wrk(stack.hello_url, c, ctx.seconds, ctx.poll_paths))
-            )
+        for round_no in range(ctx.args.runs):
+            # PHP first, then the two compared sides in an order swapped every round:
+            # whatever a run leaves behind (MariaDB purge after PHP's connections,
+            # sockets in TIME_WAIT) must not always fall on the same side.
             php_runs.append(
                 ctx.metered(
                     "php", lambda c=connections: load.wrk(stack.php_url, c, ctx.seconds, ctx.poll_paths, ctx.auth)
                 )
             )
+            for side in in_turn(round_no, ("shim", "hello")):
+                if side == "shim":
+                    result, upstream_calls = ctx.shim_poll_run(connections)
+                    shim_runs.append(result)
+                    probes += upstream_calls
+                else:
+                    hello_runs.append(
+                        ctx.metered(
+                            "hello", lambda c=connections: load.wrk(stack.hello_url, c, ctx.seconds, ctx.poll_paths)
+                        )
+                    )
         keys = ("rps", "p50_ms", "p99_ms", "cpu_ms", "db_cpu_ms", "busiest_share", "db_connects_per_s", "db_statements")
         s = {k: median(shim_runs, k) for k in keys}
         h = {k: median(hello_runs, k) for k in keys}
@@ -791,14 +805,19 @@ def part_proxy(ctx: Context):
     # server at once (proxy.max_upstream_requests) and answers 503 beyond, on purpose.
     for connections in (8, 16):
         d_runs, s_runs, h_runs = [], [], []
-        for _ in range(ctx.args.runs):
+        for round_no in range(ctx.args.runs):
             d_runs.append(
                 ctx.metered("nginx", lambda c=connections: load.wrk(direct + services.SMALL_FILE, c, ctx.seconds))
             )
-            s_runs.append(
-                ctx.metered("shim", lambda c=connections: load.wrk(shim + services.SMALL_FILE, c, ctx.seconds))
-            )
-            h_runs.append(ctx.metered("hello", lambda c=connections: load.wrk(stack.hello_url + "/", c, ctx.seconds)))
+            for side in in_turn(round_no, ("shim", "hello")):
+                if side == "shim":
+                    s_runs.append(
+                        ctx.metered("shim", lambda c=connections: load.wrk(shim + services.SMALL_FILE, c, ctx.seconds))
+                    )
+                else:
+                    h_runs.append(
+                        ctx.metered("hello", lambda c=connections: load.wrk(stack.hello_url + "/", c, ctx.seconds))
+                    )
         keys = ("rps", "p50_ms", "p99_ms", "cpu_ms")
         d = {k: median(d_runs, k) for k in keys}
         s = {k: median(s_runs, k) for k in keys}
