@@ -9,9 +9,10 @@ follows the legacy loop, quirks included; :mod:`shim.feed` streams the result.
 from __future__ import annotations
 
 import typing
+from json.encoder import encode_basestring_ascii as _ascii_string  # json's C escaper
 
 from . import db
-from .phpcompat import equals_null, is_valid_utf8_text, json_text
+from .phpcompat import equals_null, fix_escaped_del, is_valid_utf8_text, json_scalar
 
 if typing.TYPE_CHECKING:
     from .feed import FeedParams
@@ -199,17 +200,31 @@ def encode_row(row: dict) -> str:
     """One row as PHP's ``json_encode`` prints it, in one pass over its fields.
 
     The keys are the legacy ones in the legacy order (:func:`make_row`); each
-    value is written by :func:`~shim.phpcompat.json_text` (strings, and the
-    ``false`` a filter may leave in ``node_path``) or as an integer.  The same
-    text as ``json_encode(row)``, without a generic encoder walking the dicts.
+    string is escaped by json's own C escaper, and PHP's differences from it
+    (``/`` written ``\\/``, DEL written raw) are applied once to the whole
+    text: no key, number, ``null`` or ``false`` holds either.  The same text as
+    ``json_encode(row)``, without a generic encoder walking the dicts.
     """
     node = row["node"]
+    type_, source, target = row["type"], row["source"], row["target"]
+    md5, node_path, identifier = node["md5"], node["node_path"], node["repository_identifier"]
     bytesize, mtime = node["bytesize"], node["mtime"]
-    type_ = row["type"]
-    return (
-        f'{{"seq":{row["seq"]},"node_id":{row["node_id"]},"type":{_TYPE_TEXT.get(type_) or json_text(type_)},'
-        f'"source":{json_text(row["source"])},"target":{json_text(row["target"])},'
-        f'"node":{{"bytesize":{"null" if bytesize is None else bytesize},"md5":{json_text(node["md5"])},'
-        f'"mtime":{"null" if mtime is None else mtime},"node_path":{json_text(node["node_path"])},'
-        f'"repository_identifier":{json_text(node["repository_identifier"])}}}}}'
+    text = (
+        f'{{"seq":{row["seq"]},"node_id":{row["node_id"]},"type":{_TYPE_TEXT.get(type_) or _bare(type_)},'
+        f'"source":{_ascii_string(source) if source.__class__ is str else _bare(source)},'
+        f'"target":{_ascii_string(target) if target.__class__ is str else _bare(target)},'
+        f'"node":{{"bytesize":{"null" if bytesize is None else bytesize},'
+        f'"md5":{_ascii_string(md5) if md5.__class__ is str else _bare(md5)},'
+        f'"mtime":{"null" if mtime is None else mtime},'
+        f'"node_path":{_ascii_string(node_path) if node_path.__class__ is str else _bare(node_path)},'
+        f'"repository_identifier":{_ascii_string(identifier) if identifier.__class__ is str else _bare(identifier)}'
+        "}}"
     )
+    if "/" in text:
+        text = text.replace("/", "\\/")
+    return fix_escaped_del(text)
+
+
+def _bare(value) -> str:
+    """A scalar as ``json_encode`` writes it, before the row's own pass for ``/`` and DEL."""
+    return _ascii_string(value) if value.__class__ is str else json_scalar(value)  # None, a bool, an int

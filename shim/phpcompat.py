@@ -146,16 +146,6 @@ def json_scalar(value) -> str:
     return fix_escaped_del(text)
 
 
-def json_text(value) -> str:
-    """:func:`json_scalar` for a value that is nearly always a string: that case first, inline."""
-    if value.__class__ is str:
-        text = _ascii_string(value)
-        if "/" in text:
-            text = text.replace("/", "\\/")
-        return fix_escaped_del(text) if "\\u007f" in text else text
-    return json_scalar(value)
-
-
 def fix_escaped_del(text: str) -> str:
     """PHP writes DEL (U+007F) as is, Python escapes it: undo the escape (not an escaped backslash's)."""
     return _ESCAPED_DEL.sub(lambda m: m.group(1) + "\x7f", text) if "\\u007f" in text else text
