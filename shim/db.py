@@ -30,9 +30,10 @@ changes = sa.Table(
     sa.Column("seq", sa.BigInteger, primary_key=True),
     sa.Column("repository_identifier", sa.Text),
     sa.Column("node_id", sa.BigInteger),
-    # What happened: "create", "delete", "content" or "path" (a move or a rename),
-    # and the node's path before and after ("NULL" on the side that has none).
-    sa.Column("type", sa.String(16)),
+    # What happened: "create", "delete", "content" or "path" (a move or a rename; an
+    # ENUM on MySQL, an enum type on PostgreSQL, TEXT on SQLite: read as text), and
+    # the node's path before and after ("NULL" on the side that has none).
+    sa.Column("type", sa.Text),
     sa.Column("source", sa.Text),
     sa.Column("target", sa.Text),
 )

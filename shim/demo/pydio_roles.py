@@ -103,6 +103,12 @@ class RoleRows:
             memo.clear()
         return self.engine.begin()
 
+    def _write(self, *statements) -> None:
+        """Run *statements* in one transaction (all or none), forgetting what this request has read."""
+        with self._begin() as conn:
+            for statement in statements:
+                conn.execute(statement)
+
     def _blob(self, data: bytes):
         # bytea on PostgreSQL; text on MySQL (NUL bytes and all); a blob on SQLite.
         return data if self.engine.dialect.name in ("postgresql", "sqlite") else data.decode("utf-8", "surrogateescape")

@@ -79,11 +79,10 @@ class PydioStore(RoleRows):
     # --- users -------------------------------------------------------------------------------
 
     def add_user(self, login: str, password: str, group_path: str = "/", rights=("0", "1"), admin: bool = False):
-        with self._begin() as conn:
-            conn.execute(db.users.insert().values(login=login, password=hash_password(password), groupPath=group_path))
-            conn.execute(
-                db.user_rights.insert().values(login=login, repo_uuid="ajxp.admin", rights="1" if admin else "0")
-            )
+        self._write(
+            db.users.insert().values(login=login, password=hash_password(password), groupPath=group_path),
+            db.user_rights.insert().values(login=login, repo_uuid="ajxp.admin", rights="1" if admin else "0"),
+        )
         self.save_role(f"AJXP_USR_/{login}", acls={ws: "rw" for ws in rights})
 
     def user(self, login: str) -> tuple[str, str] | None:
@@ -102,20 +101,20 @@ class PydioStore(RoleRows):
 
     def set_password(self, login: str, password: str) -> None:
         """Pydio's updatePassword: the new hash, and every key-store token of the user revoked."""
-        with self._begin() as conn:
-            conn.execute(db.users.update().where(db.users.c.login == login).values(password=hash_password(password)))
+        self._write(db.users.update().where(db.users.c.login == login).values(password=hash_password(password)))
         self.revoke_tokens(login)
 
     def move_user(self, login: str, group_path: str) -> None:
-        with self._begin() as conn:
-            conn.execute(db.users.update().where(db.users.c.login == login).values(groupPath=group_path))
+        self._write(db.users.update().where(db.users.c.login == login).values(groupPath=group_path))
 
     def delete_user(self, login: str) -> None:
-        with self._begin() as conn:
-            conn.execute(db.users.delete().where(db.users.c.login == login))
-            conn.execute(db.user_rights.delete().where(db.user_rights.c.login == login))
-            conn.execute(db.user_prefs.delete().where(db.user_prefs.c.login == login))
-            conn.execute(db.roles.delete().where(db.roles.c.role_id == f"AJXP_USR_/{login}"))
+        """The account, its rights, preferences and personal role in one transaction; then its key-store tokens."""
+        self._write(
+            db.users.delete().where(db.users.c.login == login),
+            db.user_rights.delete().where(db.user_rights.c.login == login),
+            db.user_prefs.delete().where(db.user_prefs.c.login == login),
+            db.roles.delete().where(db.roles.c.role_id == f"AJXP_USR_/{login}"),
+        )
         self.revoke_tokens(login)
 
     def lock_user(self, login: str, lock: str = "logout") -> None:
@@ -212,15 +211,15 @@ class PydioStore(RoleRows):
             for name, value in values.items():
                 conn.execute(db.repo_options.insert().values(uuid=ws_id, name=name, val=value))
 
+    def delete_workspace(self, ws_id: str) -> None:
+        self._write(
+            db.repo_options.delete().where(db.repo_options.c.uuid == ws_id),
+            db.repo.delete().where(db.repo.c.uuid == ws_id),
+        )
+
     def set_enabled(self, ws_id: str, enabled: bool) -> None:
         """The ``enabled`` column (Pydio 8.2.5 reads it and never uses it)."""
-        with self._begin() as conn:
-            conn.execute(db.repo.update().where(db.repo.c.uuid == ws_id).values(enabled=enabled))
-
-    def delete_workspace(self, ws_id: str) -> None:
-        with self._begin() as conn:
-            conn.execute(db.repo_options.delete().where(db.repo_options.c.uuid == ws_id))
-            conn.execute(db.repo.delete().where(db.repo.c.uuid == ws_id))
+        self._write(db.repo.update().where(db.repo.c.uuid == ws_id).values(enabled=enabled))
 
     def group_path(self, login: str) -> str:
         account = self.user(login)
@@ -239,8 +238,7 @@ class PydioStore(RoleRows):
         """Store a token's PHP-serialized array as Pydio's key store does (bytea on PostgreSQL)."""
         serialized = phpserialize.dumps(data)
         value = serialized if self.engine.dialect.name == "postgresql" else serialized.decode()
-        with self._begin() as conn:
-            conn.execute(db.simple_store.insert().values(object_id=token, store_id="keystore", serialized_data=value))
+        self._write(db.simple_store.insert().values(object_id=token, store_id="keystore", serialized_data=value))
 
     def token_data(self, token: str) -> dict | None:
         """The array stored for *token*, or None: unknown, or a token no query can look up."""
@@ -260,12 +258,11 @@ class PydioStore(RoleRows):
         return phpserialize.loads(db.as_bytes(row[0]), decode_strings=True)
 
     def delete_token(self, token: str) -> None:
-        with self._begin() as conn:
-            conn.execute(
-                db.simple_store.delete().where(
-                    db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token
-                )
+        self._write(
+            db.simple_store.delete().where(
+                db.simple_store.c.store_id == "keystore", db.simple_store.c.object_id == token
             )
+        )
 
     def revoke_tokens(self, login: str, token: str = "") -> None:
         """ApiKeysService::revokeTokens: the key-store rows whose USER_ID is *login* (only *token*, if given)."""
