@@ -71,9 +71,19 @@ def _abort(sock):
             pass
 
 
-#: http.client's own limits on a header block: bytes per line, lines.
+#: http.client's own limits on a header block: bytes per line, lines; and on the
+#: interim (1xx) answers before the final one.
 _MAX_LINE = 65536
 _MAX_FIELDS = 100
+_MAX_INTERIM = 10
+_REASON = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def _tokens(values: list[str]) -> list[str]:
+    """The comma-separated tokens of every field of one name, lower-cased (``a, b`` and ``c`` give a, b, c)."""
+    return [token.strip(" \t").lower() for value in values for token in value.split(",") if token.strip(" \t")]
+
+
 _FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -108,13 +118,15 @@ def parse_header_block(lines: list[bytes]) -> tuple[list[tuple[str, str]], str |
     fields).  Values are read as that parser reads them (leading blanks
     dropped, trailing ones kept), with obsolete line folding undone into one
     space.  *problem* says why the block must not be relayed: a bare CR, a line
-    that is no field, folding before the first field.
+    that is no field, folding before the first field, no blank line at the end.
     """
     fields: list[tuple[str, str]] = []
     for line in lines:
         content = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
         if not content:
-            break
+            if line:  # the blank line that ends the block
+                return fields, None
+            break  # b"": the connection closed first, a field may have been cut short
         if b"\r" in content:
             return fields, "a bare CR in a header line"
         if content[:1] in (b" ", b"\t"):  # obsolete line folding: the previous value goes on
@@ -127,7 +139,7 @@ def parse_header_block(lines: list[bytes]) -> tuple[list[tuple[str, str]], str |
         if not colon or not _FIELD_NAME.fullmatch(name):
             return fields, f"an invalid header name {name[:40]!r}"
         fields.append((name.decode("latin-1"), value.lstrip(b" \t").decode("latin-1")))
-    return fields, None
+    return fields, "the header block broke off before its end"
 
 
 class _StrictResponse(http.client.HTTPResponse):
@@ -144,11 +156,7 @@ class _StrictResponse(http.client.HTTPResponse):
     def begin(self):
         if self.headers is not None:
             return
-        while True:
-            version, status, reason = self._read_status()
-            if status != http.client.CONTINUE:
-                break
-            self._read_block()  # an interim 100 answer's fields are dropped
+        version, status, reason = self._final_status()
         self.code = self.status = status
         self.reason = reason.strip()
         if version in ("HTTP/1.0", "HTTP/0.9"):
@@ -158,21 +166,47 @@ class _StrictResponse(http.client.HTTPResponse):
         else:
             raise http.client.UnknownProtocol(version)
         self.fields, self.problem = parse_header_block(self._read_block())
+        if self.problem is None and not _REASON.fullmatch(self.reason):
+            self.problem = "a control character in the status line"
+        if self.problem is None and status == 101:
+            # The shim never forwards Upgrade: what follows would be another protocol.
+            self.problem = "101 Switching Protocols, never asked for"
         self.headers = self.msg = _Fields(self.fields)
-        transfer_coding = self.headers.get("transfer-encoding")
-        self.chunked = bool(transfer_coding) and transfer_coding.lower() == "chunked"
+        self._set_framing(status)
+
+    def _final_status(self) -> tuple[str, int, str]:
+        """The status line of the final answer: interim 1xx answers (but 101) are read and dropped.
+
+        Taking a 102 or 103 for the answer would leave the real one on the
+        connection, for the next request to receive.
+        """
+        for _ in range(_MAX_INTERIM + 1):
+            version, status, reason = self._read_status()  # type: ignore[attr-defined]
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            self._read_block()
+        raise http.client.HTTPException(f"more than {_MAX_INTERIM} interim answers")
+
+    def _set_framing(self, status: int) -> None:
+        """``chunked``, ``length`` and ``will_close``, as http.client reads the body by them.
+
+        Every Transfer-Encoding and Connection field counts, not only the first
+        (:func:`shim.upstream.check_framing` refuses any coding but ``chunked``).
+        """
+        self.chunked = _tokens(self.headers.get_all("transfer-encoding", [])) == ["chunked"]
         self.chunk_left = None
-        self.will_close = self._check_close()
+        connection = _tokens(self.headers.get_all("connection", []))
+        if self.version == 11:
+            self.will_close = "close" in connection
+        else:  # HTTP/1.0 closes unless it says otherwise
+            self.will_close = "close" in connection or not (
+                "keep-alive" in connection or self.headers.get("keep-alive")
+            )
         self.length = None
         length = self.headers.get("content-length")
-        if length and not self.chunked:
-            try:
-                self.length = int(length)
-            except ValueError:
-                self.length = None
-            if self.length is not None and self.length < 0:
-                self.length = None
-        if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":
+        if length and not self.chunked and length.strip(" \t").isdigit() and length.strip(" \t").isascii():
+            self.length = int(length)
+        if status in (204, 304) or status < 200 or self._method == "HEAD":  # type: ignore[attr-defined]
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True  # the body ends when the connection does
@@ -365,7 +399,9 @@ class HttpUpstream:
             state["complete"] = True
 
         def close():
-            reusable = state["complete"] and sent_whole and not response.will_close and conn.sock is not None
+            reusable = (
+                state["complete"] and sent_whole and status >= 200 and not response.will_close and conn.sock is not None
+            )
             response.close()
             if reusable:
                 self._checkin(conn)

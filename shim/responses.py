@@ -48,16 +48,23 @@ class RawResponse:
         pieces = iter(self.body)
         try:
             first = next(pieces)  # may raise: nothing is sent yet, the caller answers instead
+            start_response(self.status, self.headers)  # may raise too (a status the server refuses)
         except StopIteration:
-            start_response(self.status, self.headers)
+            try:
+                start_response(self.status, self.headers)
+            except BaseException:
+                self._close_body()
+                raise
             return self.body
         except BaseException:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
+            self._close_body()  # gives back what the body holds (a connection, a forwarding slot)
             raise
-        start_response(self.status, self.headers)
         return _Chained(first, pieces, self.body)
+
+    def _close_body(self) -> None:
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            close()
 
 
 class _Chained:

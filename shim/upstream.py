@@ -129,12 +129,13 @@ def check_framing(headers: list[tuple[str, str]]) -> None:
     """Refuse (:class:`UpstreamError`) an answer whose length or headers could be read two ways.
 
     ``Transfer-Encoding`` beside a ``Content-Length``, more than one
-    ``Content-Length``, a header name that is not a token (a space in it), a
-    value holding a CR or another control character: a proxy that passes such
-    an answer on lets the next hop split it differently (response splitting).
+    ``Content-Length``, a transfer coding but ``chunked``, a header name that
+    is not a token (a space in it), a value holding a CR or another control
+    character: a proxy that passes such an answer on lets the next hop split it
+    differently (response splitting).
     """
     lengths: list[str] = []
-    chunked = False
+    codings: list[str] = []
     for name, value in headers:
         if not _NAME.fullmatch(name):
             raise UpstreamError(f"the legacy server sent an invalid header name {name[:40]!r}")
@@ -142,12 +143,15 @@ def check_framing(headers: list[tuple[str, str]]) -> None:
             raise UpstreamError(f"the legacy server sent a control character in header {name!r}")
         lname = name.lower()
         if lname == "content-length":
-            lengths.extend(v.strip() for v in value.split(","))
+            lengths.extend(v.strip(" \t") for v in value.split(","))  # OWS is SP and HTAB, nothing else
         elif lname == "transfer-encoding":
-            chunked = True
+            codings.extend(v.strip(" \t").lower() for v in value.split(","))
+    if codings and [c for c in codings if c] != ["chunked"]:
+        # Another coding would reach the client decoded by nobody (the field is hop-by-hop).
+        raise UpstreamError(f"the legacy server sent a transfer coding other than chunked ({', '.join(codings)[:40]})")
     if len(lengths) > 1:
         raise UpstreamError("the legacy server sent more than one Content-Length")
-    if lengths and chunked:
+    if lengths and codings:
         raise UpstreamError("the legacy server sent both Transfer-Encoding and Content-Length")
     if lengths and not (lengths[0].isascii() and lengths[0].isdigit()):
         raise UpstreamError(f"the legacy server sent an invalid Content-Length {lengths[0][:20]!r}")

@@ -14,12 +14,14 @@ import io
 import re
 import socket
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shim.http_upstream import HttpUpstream, parse_header_block
+from shim.responses import RawResponse
 from shim.upstream import UpstreamError
 
 # --- the parse alone ---------------------------------------------------------------------------
@@ -44,7 +46,6 @@ def lines_of(block: bytes) -> list[bytes]:
         (b"X-Latin: caf\xe9\r\n\r\n", [("X-Latin", "caf\xe9")]),
         (b"X-Colon: a: b\r\n\r\n", [("X-Colon", "a: b")]),
         (b"\r\n", []),
-        (b"X-Cut: before EOF\r\n", [("X-Cut", "before EOF")]),
     ],
 )
 def test_fields_are_read_as_sent(block, fields):
@@ -61,6 +62,9 @@ def test_fields_are_read_as_sent(block, fields):
         (b"X-A : spaced\r\n\r\n", "an invalid header name"),
         (b" folded: first\r\nX-A: 1\r\n\r\n", "line folding before the first header"),
         (b"X-A: 1\r\nFrom nobody\r\n\r\n", "an invalid header name"),
+        (b"X-Cut: before EOF\r\n", "the header block broke off"),
+        (b"Set-Cookie: s=1; Secure; Http", "the header block broke off"),
+        (b"", "the header block broke off"),
     ],
 )
 def test_a_block_that_could_pass_for_something_else_is_named(block, problem):
@@ -203,3 +207,173 @@ def test_bodyless_answers_read_no_body(method, status):
 def test_an_answer_that_cannot_be_relayed_safely_is_an_upstream_error(answer):
     with pytest.raises(UpstreamError):
         exchange(answer)
+
+
+# --- answers on kept-alive connections -----------------------------------------------------------
+
+
+class ScriptedServer:
+    """Keeps each connection open and answers each request by its path, in timed parts.
+
+    *answers* maps a path to its parts: ``(seconds to wait first, bytes)``.
+    """
+
+    def __init__(self, answers: dict[str, list[tuple[float, bytes]]]):
+        self.answers = answers
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        pending = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    part = conn.recv(65536)
+                    if not part:
+                        return
+                    pending += part
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                path = head.split(b" ")[1].decode()
+                for pause, data in self.answers[path]:
+                    time.sleep(pause)
+                    conn.sendall(data)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def scripted():
+    servers = []
+
+    def start(answers):
+        server = ScriptedServer(answers)
+        servers.append(server)
+        return server, HttpUpstream(f"http://127.0.0.1:{server.port}", read_timeout=5)
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def fetch(upstream, path):
+    response = upstream.send("GET", path, [])
+    try:
+        return response.status, response.headers, b"".join(response.body)
+    finally:
+        response.close()
+
+
+@pytest.mark.parametrize(
+    "interim", [b"HTTP/1.1 102 Processing\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"]
+)
+def test_an_interim_answer_is_never_taken_for_the_final_one(scripted, interim):
+    """Else the final answer would stay on the kept-alive connection, for the next request to get."""
+    server, upstream = scripted(
+        {
+            "/alice": [(0, interim), (0.3, b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nalice-secret")],
+            "/bob": [(0, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbob")],
+        }
+    )
+    assert fetch(upstream, "/alice") == (200, [("Content-Length", "12")], b"alice-secret")
+    assert fetch(upstream, "/bob") == (200, [("Content-Length", "3")], b"bob")
+    assert server.connections == 1  # the same connection served both, each its own answer
+
+
+def test_switching_protocols_is_refused_and_its_connection_dropped(scripted):
+    server, upstream = scripted(
+        {
+            "/up": [(0, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nother protocol")],
+            "/next": [(0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")],
+        }
+    )
+    with pytest.raises(UpstreamError, match="101"):
+        upstream.send("GET", "/up", [])
+    assert fetch(upstream, "/next")[2] == b"ok"
+    assert server.connections == 2
+
+
+def test_endless_interim_answers_are_cut_short(scripted):
+    _, upstream = scripted({"/x": [(0, b"HTTP/1.1 100 Continue\r\n\r\n" * 11 + b"HTTP/1.1 200 OK\r\n\r\n")]})
+    with pytest.raises(UpstreamError, match="interim"):
+        upstream.send("GET", "/x", [])
+
+
+@pytest.mark.parametrize("reason", [b"OK\x01", b"OK\x00", b"O\x7fK", b"OK\rX-Injected: 1"])
+def test_a_control_character_in_the_reason_phrase_is_refused(scripted, reason):
+    _, upstream = scripted({"/x": [(0, b"HTTP/1.1 200 " + reason + b"\r\nContent-Length: 2\r\n\r\nok")]})
+    with pytest.raises(UpstreamError, match="status line"):
+        upstream.send("GET", "/x", [])
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [b"Transfer-Encoding: chunked \r\n", b"Transfer-Encoding: Chunked\r\n", b"Transfer-Encoding:\r\n chunked\r\n"],
+)
+def test_chunked_is_read_however_it_is_spelled(scripted, coding):
+    _, upstream = scripted({"/x": [(0, b"HTTP/1.1 200 OK\r\n" + coding + b"\r\n5\r\nhello\r\n0\r\n\r\n")]})
+    assert fetch(upstream, "/x")[2] == b"hello"
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [b"Transfer-Encoding: gzip, chunked\r\n", b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+     b"Transfer-Encoding: gzip\r\n"],
+)  # fmt: skip
+def test_a_transfer_coding_other_than_chunked_is_refused(scripted, coding):
+    """The field is hop-by-hop: the client would get bytes coded in a way nobody tells it."""
+    _, upstream = scripted({"/x": [(0, b"HTTP/1.1 200 OK\r\n" + coding + b"\r\n5\r\nhello\r\n0\r\n\r\n")]})
+    with pytest.raises(UpstreamError, match="transfer coding"):
+        upstream.send("GET", "/x", [])
+
+
+def test_every_connection_field_counts(scripted):
+    server, upstream = scripted(
+        {"/x": [(0, b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")]}
+    )
+    fetch(upstream, "/x")
+    fetch(upstream, "/x")
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize("length", [b"\x855", b"5\xa0", b"\x0b5"])
+def test_a_content_length_padded_with_anything_but_blanks_is_refused(scripted, length):
+    _, upstream = scripted({"/x": [(0, b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\nhello")]})
+    with pytest.raises(UpstreamError):
+        upstream.send("GET", "/x", [])
+
+
+def test_a_header_block_cut_by_the_close_is_refused():
+    with pytest.raises(UpstreamError, match="broke off"):
+        exchange(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nSet-Cookie: s=abc; Path=/; Secure; Http")
+
+
+@pytest.mark.parametrize("pieces", [[b"body"], []])
+def test_a_status_the_server_refuses_still_gives_back_what_the_body_holds(pieces):
+    """gunicorn's start_response raises on a status it cannot write: the body (a connection, a slot) is closed."""
+    closed = []
+
+    class Body:
+        def __iter__(self):
+            return iter(pieces)
+
+        def close(self):
+            closed.append(True)
+
+    def start_response(status, headers):
+        raise ValueError(f"invalid status {status!r}")
+
+    with pytest.raises(ValueError):
+        RawResponse(200, [], Body(), reason="OK")({}, start_response)
+    assert closed == [True]
