@@ -24,7 +24,7 @@ from urllib.parse import unquote
 from . import fastcgi
 from .request import Trust
 from .translate import join_prefix, strip_prefix, valid_host
-from .upstream import CHUNK, UpstreamError, UpstreamResponse, UpstreamTimeout, check_framing
+from .upstream import CHUNK, UpstreamError, UpstreamResponse, UpstreamTimeout, check_framing, check_status
 
 #: What may be served from the document root without PHP: the web UI's assets.
 STATIC_EXTENSIONS = frozenset(
@@ -103,6 +103,7 @@ class FastCGIUpstream:
         except fastcgi.FastCGIError as exc:
             raise UpstreamError(f"cannot reach php-fpm: {exc}") from exc
         try:
+            check_status(response.status, response.reason)
             check_framing(list(response.headers))
         except UpstreamError:
             response.close()

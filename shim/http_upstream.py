@@ -23,7 +23,15 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from .upstream import CHUNK, RequestRefused, UpstreamError, UpstreamResponse, UpstreamTimeout, check_framing
+from .upstream import (
+    CHUNK,
+    RequestRefused,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+    check_framing,
+    check_status,
+)
 
 #: An idle upstream connection older than this is closed instead of reused.
 #: Apache closes idle connections after 5 s (KeepAliveTimeout); reusing one it
@@ -76,7 +84,6 @@ def _abort(sock):
 _MAX_LINE = 65536
 _MAX_FIELDS = 100
 _MAX_INTERIM = 10
-_REASON = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 def _tokens(values: list[str]) -> list[str]:
@@ -166,11 +173,6 @@ class _StrictResponse(http.client.HTTPResponse):
         else:
             raise http.client.UnknownProtocol(version)
         self.fields, self.problem = parse_header_block(self._read_block())
-        if self.problem is None and not _REASON.fullmatch(self.reason):
-            self.problem = "a control character in the status line"
-        if self.problem is None and status == 101:
-            # The shim never forwards Upgrade: what follows would be another protocol.
-            self.problem = "101 Switching Protocols, never asked for"
         self.headers = self.msg = _Fields(self.fields)
         self._set_framing(status)
 
@@ -178,13 +180,25 @@ class _StrictResponse(http.client.HTTPResponse):
         """The status line of the final answer: interim 1xx answers (but 101) are read and dropped.
 
         Taking a 102 or 103 for the answer would leave the real one on the
-        connection, for the next request to receive.
+        connection, for the next request to receive.  An interim answer that
+        frames a body is none (a 1xx status a script set, relayed as final by
+        its web server): what follows is the script's output, never parsed as
+        an answer.  After an interim answer nothing is sent again: whatever
+        breaks raises a plain :class:`http.client.HTTPException`.
         """
-        for _ in range(_MAX_INTERIM + 1):
-            version, status, reason = self._read_status()  # type: ignore[attr-defined]
+        for interim in range(_MAX_INTERIM + 1):
+            try:
+                version, status, reason = self._read_status()  # type: ignore[attr-defined]
+            except http.client.HTTPException as exc:
+                if interim:
+                    raise http.client.HTTPException(f"the answer broke off after an interim one ({exc!r})") from None
+                raise
             if not 100 <= status < 200 or status == 101:
                 return version, status, reason
-            self._read_block()
+            fields, problem = parse_header_block(self._read_block())
+            framing = [n for n, v in fields if n.lower() in ("content-length", "transfer-encoding")]
+            if problem or framing or any("close" in v.lower() for n, v in fields if n.lower() == "connection"):
+                raise http.client.HTTPException(f"an interim {status} answer framed like a final one")
         raise http.client.HTTPException(f"more than {_MAX_INTERIM} interim answers")
 
     def _set_framing(self, status: int) -> None:
@@ -195,7 +209,9 @@ class _StrictResponse(http.client.HTTPResponse):
         """
         self.chunked = _tokens(self.headers.get_all("transfer-encoding", [])) == ["chunked"]
         self.chunk_left = None
-        connection = _tokens(self.headers.get_all("connection", []))
+        # Any "close" in any Connection field closes (as http.client reads the first one):
+        # closing a connection that could have stayed open costs a new one, nothing more.
+        connection = " ".join(self.headers.get_all("connection", [])).lower()
         if self.version == 11:
             self.will_close = "close" in connection
         else:  # HTTP/1.0 closes unless it says otherwise
@@ -206,6 +222,8 @@ class _StrictResponse(http.client.HTTPResponse):
         length = self.headers.get("content-length")
         if length and not self.chunked and length.strip(" \t").isdigit() and length.strip(" \t").isascii():
             self.length = int(length)
+        if status == 204 and (self.chunked or self.length):
+            self.will_close = True  # a 204 announcing a body: whatever follows must not reach the next request
         if status in (204, 304) or status < 200 or self._method == "HEAD":  # type: ignore[attr-defined]
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
@@ -358,7 +376,9 @@ class HttpUpstream:
                     reused
                     and replayable
                     and method in RETRYABLE_METHODS
-                    and isinstance(exc, (ConnectionError, http.client.BadStatusLine))
+                    # Closed before one byte of an answer (RemoteDisconnected is one):
+                    # an answer that came, even garbled, means the request arrived.
+                    and isinstance(exc, ConnectionError)
                 ):
                     fresh = True  # the kept-alive connection had been closed by the server
                     continue
@@ -372,6 +392,7 @@ class HttpUpstream:
             if response.problem:
                 # Part of the header block would pass for something else downstream.
                 raise UpstreamError(f"the legacy server sent a malformed header block ({response.problem})")
+            check_status(response.status, response.reason)
             check_framing(headers)
         except UpstreamError:
             _abort(sock)

@@ -122,7 +122,20 @@ class Upstream(Protocol):
 
 # A header name (RFC 9110 token) and a value once obsolete line folding is undone.
 _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # also what a reason phrase may hold
+
+
+def check_status(status: int, reason: str) -> None:
+    """Refuse (:class:`UpstreamError`) a final answer with an interim status, or a reason with a control character.
+
+    A 1xx relayed as the final answer leaves the client waiting for the one
+    that follows (and a 101 would switch it to another protocol); a control
+    character in the reason phrase would break the status line.
+    """
+    if status < 200:
+        raise UpstreamError(f"the legacy server answered {status} as its final answer")
+    if not _VALUE.fullmatch(reason):
+        raise UpstreamError("the legacy server sent a control character in the status line")
 
 
 def check_framing(headers: list[tuple[str, str]]) -> None:

@@ -52,6 +52,17 @@ if ($mode === 'big') {
     }
     exit;
 }
+if ($mode === 'code') {  // a script setting an interim status, output that looks like an answer
+    http_response_code((int)$_GET['code']);
+    header('Set-Cookie: sess=ALICE');
+    echo "HTTP/1.1 200 OK\r\nSet-Cookie: injected=1\r\nContent-Length: 4\r\n\r\nevil";
+    exit;
+}
+if ($mode === 'reason') {
+    header("Status: 200 O\x01K");
+    echo 'odd';
+    exit;
+}
 if ($mode === 'sleep') {
     sleep((int)$_GET['s']);
     echo 'late';

@@ -107,6 +107,19 @@ def test_status_cookies_and_static_files(shim_on_fpm):
     assert requests.get(shim_on_fpm.url + "/conf/bootstrap.php").status_code == 403
 
 
+@pytest.mark.parametrize("code", [100, 101, 102, 103, 199])
+def test_a_script_s_interim_status_is_no_final_answer(shim_on_fpm, code):
+    """Relayed, a 1xx would leave the client waiting for the answer after it (and 101 switch protocols)."""
+    response = requests.get(shim_on_fpm.url + f"/?mode=code&code={code}")
+    assert response.status_code == 502
+    assert "injected" not in response.headers.get("Set-Cookie", "") and b"evil" not in response.content
+
+
+def test_a_control_character_in_a_script_s_reason_phrase_is_a_502(shim_on_fpm):
+    response = requests.get(shim_on_fpm.url + "/?mode=reason")
+    assert response.status_code == 502 and response.content.startswith(b"pydio-shim: ")
+
+
 def test_php_fpm_down_is_a_502(php_fpm, tmp_path):  # noqa: F811
     env = {
         "PYDIO_SHIM_UPSTREAM_URL": f"fcgi://{tmp_path}/nothing.sock",

@@ -221,6 +221,7 @@ class ScriptedServer:
     def __init__(self, answers: dict[str, list[tuple[float, bytes]]]):
         self.answers = answers
         self.connections = 0
+        self.seen: list[str] = []  # request paths, in the order they arrived
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -245,8 +246,11 @@ class ScriptedServer:
                     pending += part
                 head, _, pending = pending.partition(b"\r\n\r\n")
                 path = head.split(b" ")[1].decode()
+                self.seen.append(path)
                 for pause, data in self.answers[path]:
                     time.sleep(pause)
+                    if data is None:  # the script says: close here
+                        return
                     conn.sendall(data)
 
     def close(self):
@@ -377,3 +381,44 @@ def test_a_status_the_server_refuses_still_gives_back_what_the_body_holds(pieces
     with pytest.raises(ValueError):
         RawResponse(200, [], Body(), reason="OK")({}, start_response)
     assert closed == [True]
+
+
+def test_an_interim_status_framed_like_a_final_answer_is_refused(scripted):
+    """What nginx sends for a script's http_response_code(103): the script's output must never be parsed."""
+    _, upstream = scripted(
+        {
+            "/x": [
+                (0, b"HTTP/1.1 103\r\nConnection: close\r\nSet-Cookie: sess=ALICE\r\n\r\n"),
+                (0, b"HTTP/1.1 200 OK\r\nSet-Cookie: injected=1\r\nContent-Length: 5\r\n\r\nevil!"),
+            ]
+        }
+    )
+    with pytest.raises(UpstreamError, match="interim"):
+        upstream.send("GET", "/x", [])
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [[(0, b"HTTP/1.1 103 Early Hints\r\n\r\n"), (0, None)], [(0, b"garbage\r\n"), (0, None)]],
+    ids=["closed after an interim answer", "a garbled status line"],
+)
+def test_a_request_whose_answer_began_is_never_sent_again(scripted, answer):
+    """Only a kept-alive connection closed before one byte of the answer makes a retry: the request did not arrive."""
+    server, upstream = scripted({"/warm": [(0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")], "/put": answer})
+    assert fetch(upstream, "/warm")[2] == b"ok"
+    with pytest.raises(UpstreamError):
+        upstream.send("PUT", "/put", [], b"data")
+    assert server.seen == ["/warm", "/put"]
+
+
+def test_a_204_announcing_a_body_does_not_stay_in_the_pool(scripted):
+    server, upstream = scripted(
+        {
+            "/empty": [(0, b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n"), (0.3, b"evil")],
+            "/next": [(0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")],
+        }
+    )
+    assert fetch(upstream, "/empty")[2] == b""
+    time.sleep(0.4)
+    assert fetch(upstream, "/next") == (200, [("Content-Length", "2")], b"ok")
+    assert server.connections == 2
