@@ -9,6 +9,7 @@ serving web server owns and any a WSGI server would refuse.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from werkzeug.http import is_hop_by_hop_header
@@ -33,8 +34,22 @@ def connection_tokens(value: str) -> set[str]:
     return {t.strip().lower() for t in value.split(",") if t.strip()}
 
 
-def _dropped_request_header(lname: str, named: set[str], trusted: bool) -> bool:
-    if is_hop_by_hop(lname) or lname in named or lname in REBUILT:
+#: Header names whose spelling and verdict each worker remembers (a client sends
+#: the same few on every request; any other name is still answered, only not kept).
+REMEMBERED_NAMES = 512
+
+
+@functools.lru_cache(maxsize=REMEMBERED_NAMES)
+def _request_header(key: str) -> tuple[str, str]:
+    """``(Name, name)`` of a WSGI ``HTTP_*`` key: ``HTTP_USER_AGENT`` gives ``User-Agent``."""
+    name = key[5:].replace("_", "-").title()
+    return name, name.lower()
+
+
+@functools.lru_cache(maxsize=REMEMBERED_NAMES * 2)
+def _dropped_request_header(lname: str, trusted: bool) -> bool:
+    """Whether a request header never goes upstream (those its Connection names aside)."""
+    if is_hop_by_hop(lname) or lname in REBUILT:
         return True
     # "Proxy" would become HTTP_PROXY in PHP's environment (httpoxy).
     if lname == "proxy" or lname.startswith("proxy-"):
@@ -59,12 +74,12 @@ def forwarded_headers(environ, public_prefix: str, trusted: bool) -> list[tuple[
         if key.startswith("HTTP_"):
             if key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH", "HTTP_HOST"):
                 continue  # the CGI variables are the authority
-            name = key[5:].replace("_", "-").title()
+            name, lname = _request_header(key)
         elif key == "CONTENT_TYPE" and value:
-            name = "Content-Type"
+            name, lname = "Content-Type", "content-type"
         else:
             continue
-        if not _dropped_request_header(name.lower(), named, trusted):
+        if not _dropped_request_header(lname, trusted) and lname not in named:
             headers.append((name, value))
     remote = environ.get("REMOTE_ADDR", "")
     incoming_for = environ.get("HTTP_X_FORWARDED_FOR") if trusted else None
@@ -93,17 +108,17 @@ def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     and Server.  (An answer with a header a WSGI server would refuse never gets
     here: the transports refuse it, see :func:`shim.upstream.check_framing`.)
     """
-    named = set(SERVER_OWNED)
-    for name, value in headers:
-        if name.lower() == "connection":
-            named |= connection_tokens(value)
-    out = []
-    for name, value in headers:
-        lname = name.lower()
-        if is_hop_by_hop(lname) or lname in named or lname.startswith("proxy-"):
-            continue
-        out.append((name, value))
-    return out
+    named = {token for name, value in headers if name.lower() == "connection" for token in connection_tokens(value)}
+    return [
+        (name, value) for name, value in headers if not _dropped_response_header(name) and name.lower() not in named
+    ]
+
+
+@functools.lru_cache(maxsize=REMEMBERED_NAMES)
+def _dropped_response_header(name: str) -> bool:
+    """Whether a response header never goes to the client (those its Connection names aside)."""
+    lname = name.lower()
+    return is_hop_by_hop(lname) or lname in SERVER_OWNED or lname.startswith("proxy-")
 
 
 def without(headers: list[tuple[str, str]], *names: str) -> list[tuple[str, str]]:

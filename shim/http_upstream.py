@@ -99,18 +99,17 @@ class _Fields:
 
     def __init__(self, fields: list[tuple[str, str]]):
         self.fields = fields
+        self._by_name: dict[str, list[str]] = {}
+        for name, value in fields:
+            self._by_name.setdefault(name.lower(), []).append(value)
 
     def get(self, name: str, default=None):
         """The first field called *name* (any case), as the email parser's message answers."""
-        name = name.lower()
-        for field_name, value in self.fields:
-            if field_name.lower() == name:
-                return value
-        return default
+        values = self._by_name.get(name.lower())
+        return values[0] if values else default
 
     def get_all(self, name: str, default=None):
-        name = name.lower()
-        return [value for field_name, value in self.fields if field_name.lower() == name] or default
+        return list(self._by_name.get(name.lower(), ())) or default
 
     def items(self):
         return list(self.fields)
@@ -189,7 +188,9 @@ class _StrictResponse(http.client.HTTPResponse):
         for interim in range(_MAX_INTERIM + 1):
             try:
                 version, status, reason = self._read_status()  # type: ignore[attr-defined]
-            except http.client.HTTPException as exc:
+            except TimeoutError:
+                raise
+            except (http.client.HTTPException, OSError) as exc:
                 if interim:
                     raise http.client.HTTPException(f"the answer broke off after an interim one ({exc!r})") from None
                 raise
@@ -242,6 +243,50 @@ class _StrictResponse(http.client.HTTPResponse):
                 return lines
 
 
+#: Request headers the transport writes itself.
+_WRITTEN_HERE = frozenset({"host", "content-length", "transfer-encoding"})
+#: The header names and values http.client's putheader() refuses: a name with a
+#: colon or a blank, a line break in a value that is no folding.  (A NUL passes,
+#: as it did: the legacy server answers it.)
+_LEGAL_NAME = re.compile(r"[^:\s][^:\r\n]*", re.ASCII)
+_LINE_BREAK = re.compile(r"\n(?![ \t])|\r(?![ \t\n])")
+
+
+def request_head(host: str, headers: list[tuple[str, str]], length: int | None) -> bytes:
+    """The header lines of a request (no request line, no blank line), checked as http.client checks them.
+
+    Built in one piece: http.client's putheader() encodes and checks each line
+    on its own, a tenth of a small forwarded request's CPU.  Raises
+    :class:`ValueError` where putheader() does (see :data:`_LEGAL_NAME`), and
+    for a character beyond latin-1.
+    """
+    lines = [f"Host: {host}"]
+    for name, value in headers:
+        if name.lower() in _WRITTEN_HERE:
+            continue
+        if not _LEGAL_NAME.fullmatch(name) or _LINE_BREAK.search(value):
+            raise ValueError(f"invalid header {name[:40]!r}")
+        lines.append(f"{name}: {value}")
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+class _HeadWriting:
+    """An http.client connection that takes the request's header lines as one block."""
+
+    def put_head(self, head: bytes) -> None:
+        self._output(head)  # type: ignore[attr-defined]  # what putheader() does with each line
+
+
+class _Connection(_HeadWriting, http.client.HTTPConnection):
+    pass
+
+
+class _TLSConnection(_HeadWriting, http.client.HTTPSConnection):
+    pass
+
+
 class HttpUpstream:
     """The legacy server over HTTP(S), with kept-alive connections reused."""
 
@@ -266,11 +311,9 @@ class HttpUpstream:
         assert self.hostname is not None  # config.load refuses an HTTP url without a host
         conn: http.client.HTTPConnection
         if self.https:
-            conn = http.client.HTTPSConnection(
-                self.hostname, self.port, timeout=self.connect_timeout, context=self._tls
-            )
+            conn = _TLSConnection(self.hostname, self.port, timeout=self.connect_timeout, context=self._tls)
         else:
-            conn = http.client.HTTPConnection(self.hostname, self.port, timeout=self.connect_timeout)
+            conn = _Connection(self.hostname, self.port, timeout=self.connect_timeout)
         conn.response_class = _StrictResponse
         try:
             conn.connect()
@@ -324,12 +367,7 @@ class HttpUpstream:
     def _write_request(self, conn, method: str, target: str, headers, body) -> bool:
         """Send the request line, headers and body; False when the server stopped reading early."""
         conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", self.host_header)
-        for name, value in headers:
-            if name.lower() not in ("host", "content-length", "transfer-encoding"):
-                conn.putheader(name, value)
-        if body is not None:
-            conn.putheader("Content-Length", str(len(body)))
+        conn.put_head(request_head(self.host_header, headers, None if body is None else len(body)))
         if body is None or isinstance(body, (bytes, bytearray)):
             conn.endheaders(body or None)
             return True

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shim.http_upstream import HttpUpstream, parse_header_block
+from shim.http_upstream import HttpUpstream, parse_header_block, request_head
 from shim.responses import RawResponse
 from shim.upstream import UpstreamError
 
@@ -245,6 +245,16 @@ class ScriptedServer:
                         return
                     pending += part
                 head, _, pending = pending.partition(b"\r\n\r\n")
+                # The body too (as a server reads it): closing on unread bytes would send a reset.
+                length = next(
+                    (int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+                )
+                while len(pending) < length:
+                    part = conn.recv(65536)
+                    if not part:
+                        return
+                    pending += part
+                pending = pending[length:]
                 path = head.split(b" ")[1].decode()
                 self.seen.append(path)
                 for pause, data in self.answers[path]:
@@ -422,3 +432,30 @@ def test_a_204_announcing_a_body_does_not_stay_in_the_pool(scripted):
     time.sleep(0.4)
     assert fetch(upstream, "/next") == (200, [("Content-Length", "2")], b"ok")
     assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("X-A", "plain"), ("X-A", "tab\there"), ("X-A", "nul\x00passes"), ("X-A", "folded\r\n more"), ("X!#$", "v"),
+     ("X-A", "caf\xe9"), ("X-A", "\r\n\t"), ("X-A", "")],
+)  # fmt: skip
+def test_the_request_head_takes_what_http_client_takes(name, value):
+    """The same verdicts as http.client's putheader(), which wrote each line before."""
+    conn = http.client.HTTPConnection("example.org")
+    conn.putrequest("GET", "/", skip_host=True, skip_accept_encoding=True)
+    conn.putheader(name, value)  # would raise
+    assert request_head("h", [(name, value)], None) == b"Host: h\r\n" + name.encode() + b": " + value.encode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("X-A", "split\r\nSet-Cookie: x=1"), ("X-A", "lf\nonly"), ("X-A", "cr\ronly"), ("X:A", "v"), (" X", "v"),
+     ("X\nY", "v"), ("X-A", "\u20ac")],
+)  # fmt: skip
+def test_the_request_head_refuses_what_http_client_refuses(name, value):
+    conn = http.client.HTTPConnection("example.org")
+    conn.putrequest("GET", "/", skip_host=True, skip_accept_encoding=True)
+    with pytest.raises(ValueError):
+        conn.putheader(name, value)
+    with pytest.raises(ValueError):
+        request_head("h", [(name, value)], None)
