@@ -75,12 +75,13 @@ class TTLCache:
 LONGEST_REMEMBERED_PATH = 512
 
 
-def remembered_for_short_paths(max_entries: int):
+def remembered_for_short_paths(max_entries: int, longest: int = LONGEST_REMEMBERED_PATH):
     """Decorate a function of a path (and hashable extras) whose answer never changes: remembered, LRU.
 
-    Only paths of at most :data:`LONGEST_REMEMBERED_PATH` characters are kept,
-    so that clients sending long distinct paths cannot make the memory grow
-    beyond *max_entries* short ones (sync clients' paths are short and repeat).
+    Only paths (or other strings: header names) of at most *longest*
+    characters are kept, so that clients sending long distinct ones cannot make
+    the memory grow beyond *max_entries* short ones (sync clients' paths and
+    headers are short and repeat).
     """
 
     def decorate(function):
@@ -88,7 +89,7 @@ def remembered_for_short_paths(max_entries: int):
 
         @functools.wraps(function)
         def answer(path: str, *extras):
-            if len(path) > LONGEST_REMEMBERED_PATH:
+            if len(path) > longest:
                 return function(path, *extras)
             return cached(path, *extras)
 

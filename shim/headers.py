@@ -9,10 +9,11 @@ serving web server owns and any a WSGI server would refuse.
 
 from __future__ import annotations
 
-import functools
 import logging
 
 from werkzeug.http import is_hop_by_hop_header
+
+from .cache import remembered_for_short_paths
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +35,21 @@ def connection_tokens(value: str) -> set[str]:
     return {t.strip().lower() for t in value.split(",") if t.strip()}
 
 
-#: Header names whose spelling and verdict each worker remembers (a client sends
-#: the same few on every request; any other name is still answered, only not kept).
+#: Header names whose spelling and verdict each worker remembers, of at most
+#: LONGEST_REMEMBERED_NAME characters (a client sends the same few short ones on
+#: every request; any other name is still answered, only not kept).
 REMEMBERED_NAMES = 512
+LONGEST_REMEMBERED_NAME = 64
 
 
-@functools.lru_cache(maxsize=REMEMBERED_NAMES)
+@remembered_for_short_paths(REMEMBERED_NAMES, LONGEST_REMEMBERED_NAME)
 def _request_header(key: str) -> tuple[str, str]:
     """``(Name, name)`` of a WSGI ``HTTP_*`` key: ``HTTP_USER_AGENT`` gives ``User-Agent``."""
     name = key[5:].replace("_", "-").title()
     return name, name.lower()
 
 
-@functools.lru_cache(maxsize=REMEMBERED_NAMES * 2)
+@remembered_for_short_paths(REMEMBERED_NAMES * 2, LONGEST_REMEMBERED_NAME)
 def _dropped_request_header(lname: str, trusted: bool) -> bool:
     """Whether a request header never goes upstream (those its Connection names aside)."""
     if is_hop_by_hop(lname) or lname in REBUILT:
@@ -114,7 +117,7 @@ def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     ]
 
 
-@functools.lru_cache(maxsize=REMEMBERED_NAMES)
+@remembered_for_short_paths(REMEMBERED_NAMES, LONGEST_REMEMBERED_NAME)
 def _dropped_response_header(name: str) -> bool:
     """Whether a response header never goes to the client (those its Connection names aside)."""
     lname = name.lower()

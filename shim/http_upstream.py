@@ -257,14 +257,16 @@ def request_head(host: str, headers: list[tuple[str, str]], length: int | None) 
 
     Built in one piece: http.client's putheader() encodes and checks each line
     on its own, a tenth of a small forwarded request's CPU.  Raises
-    :class:`ValueError` where putheader() does (see :data:`_LEGAL_NAME`), and
-    for a character beyond latin-1.
+    :class:`ValueError` where putheader() does (see :data:`_LEGAL_NAME`; a
+    name must be ASCII, a value latin-1).
     """
+    if _LINE_BREAK.search(host):
+        raise ValueError("invalid Host header")
     lines = [f"Host: {host}"]
     for name, value in headers:
         if name.lower() in _WRITTEN_HERE:
             continue
-        if not _LEGAL_NAME.fullmatch(name) or _LINE_BREAK.search(value):
+        if not (name.isascii() and _LEGAL_NAME.fullmatch(name)) or _LINE_BREAK.search(value):
             raise ValueError(f"invalid header {name[:40]!r}")
         lines.append(f"{name}: {value}")
     if length is not None:

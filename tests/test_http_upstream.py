@@ -450,7 +450,7 @@ def test_the_request_head_takes_what_http_client_takes(name, value):
 @pytest.mark.parametrize(
     "name, value",
     [("X-A", "split\r\nSet-Cookie: x=1"), ("X-A", "lf\nonly"), ("X-A", "cr\ronly"), ("X:A", "v"), (" X", "v"),
-     ("X\nY", "v"), ("X-A", "\u20ac")],
+     ("X\nY", "v"), ("X-A", "\u20ac"), ("\xa0Host", "evil"), ("X-\xe9", "v")],
 )  # fmt: skip
 def test_the_request_head_refuses_what_http_client_refuses(name, value):
     conn = http.client.HTTPConnection("example.org")
@@ -459,3 +459,14 @@ def test_the_request_head_refuses_what_http_client_refuses(name, value):
         conn.putheader(name, value)
     with pytest.raises(ValueError):
         request_head("h", [(name, value)], None)
+
+
+def test_header_spellings_are_remembered_for_short_names_only():
+    """Long distinct header names (8 KiB each are allowed) must not grow a worker's memory."""
+    from shim import headers
+
+    headers._request_header.cache_clear()
+    environ = {"HTTP_X_" + "A" * 100: "long", "HTTP_USER_AGENT": "ua", "REMOTE_ADDR": "192.0.2.1"}
+    out = headers.forwarded_headers(environ, "/", False)
+    assert ("User-Agent", "ua") in out and ("X-" + "A" * 100).title() in [name for name, _ in out]
+    assert headers._request_header.cache_info().currsize == 1  # User-Agent only
