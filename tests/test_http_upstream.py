@@ -120,37 +120,64 @@ def test_every_clean_block_reads_as_the_stdlib_reads_it(block):
 # --- framing, over a socket ----------------------------------------------------------------------
 
 
-class OneShotServer:
-    """Answers each connection's first request with the bytes given, then closes."""
+class ScriptedServer:
+    """Keeps each connection open and answers each request by its path, in timed parts.
 
-    def __init__(self, answer: bytes):
-        self.answer = answer
+    *answers* maps a path to its parts: ``(seconds to wait first, bytes)``.
+    """
+
+    def __init__(self, answers: dict[str, list[tuple[float, bytes]]]):
+        self.answers = answers
+        self.connections = 0
+        self.seen: list[str] = []  # request paths, in the order they arrived
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _serve(self):
+    def _accept(self):
         while True:
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        pending = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in pending:
                     part = conn.recv(65536)
                     if not part:
-                        break
-                    data += part
-                conn.sendall(self.answer)
+                        return
+                    pending += part
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                # The body too (as a server reads it): closing on unread bytes would send a reset.
+                length = next(
+                    (int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+                )
+                while len(pending) < length:
+                    part = conn.recv(65536)
+                    if not part:
+                        return
+                    pending += part
+                pending = pending[length:]
+                path = head.split(b" ")[1].decode()
+                self.seen.append(path)
+                for pause, data in self.answers[path]:
+                    time.sleep(pause)
+                    if data is None:  # the script says: close here
+                        return
+                    conn.sendall(data)
 
     def close(self):
         self.sock.close()
 
 
 def exchange(answer: bytes, method: str = "GET"):
-    server = OneShotServer(answer)
+    """Send one request to a server that answers *answer* and closes."""
+    server = ScriptedServer({"/x": [(0, answer), (0, None)]})
     upstream = HttpUpstream(f"http://127.0.0.1:{server.port}", read_timeout=5)
     try:
         response = upstream.send(method, "/x", [])
@@ -210,61 +237,6 @@ def test_an_answer_that_cannot_be_relayed_safely_is_an_upstream_error(answer):
 
 
 # --- answers on kept-alive connections -----------------------------------------------------------
-
-
-class ScriptedServer:
-    """Keeps each connection open and answers each request by its path, in timed parts.
-
-    *answers* maps a path to its parts: ``(seconds to wait first, bytes)``.
-    """
-
-    def __init__(self, answers: dict[str, list[tuple[float, bytes]]]):
-        self.answers = answers
-        self.connections = 0
-        self.seen: list[str] = []  # request paths, in the order they arrived
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        pending = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in pending:
-                    part = conn.recv(65536)
-                    if not part:
-                        return
-                    pending += part
-                head, _, pending = pending.partition(b"\r\n\r\n")
-                # The body too (as a server reads it): closing on unread bytes would send a reset.
-                length = next(
-                    (int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
-                )
-                while len(pending) < length:
-                    part = conn.recv(65536)
-                    if not part:
-                        return
-                    pending += part
-                pending = pending[length:]
-                path = head.split(b" ")[1].decode()
-                self.seen.append(path)
-                for pause, data in self.answers[path]:
-                    time.sleep(pause)
-                    if data is None:  # the script says: close here
-                        return
-                    conn.sendall(data)
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.fixture
