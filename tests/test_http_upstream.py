@@ -144,6 +144,12 @@ class ScriptedServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
+        try:
+            self._answer(conn)
+        except OSError:  # the client cut the connection (a refused answer is aborted)
+            pass
+
+    def _answer(self, conn):
         pending = b""
         with conn:
             while True:
