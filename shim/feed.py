@@ -299,8 +299,10 @@ class FeedStream:
         try:
             rows = ()  # no result: nothing after MAX, no query run
             if self._result is not None:
-                fetch = self._deadline and deadline.guarded_fetch(self._result.cursor, self._conn, self._deadline)
-                rows = driver_rows(self._result, fetch or None)
+                fetch = (
+                    deadline.guarded_fetch(self._result.cursor, self._conn, self._deadline) if self._deadline else None
+                )
+                rows = driver_rows(self._result, fetch)
             if self._with_max:
                 rows = self._rows_and_max(rows)
             for row in feed_rows(rows, self.params, self.recycle_bin, last_seq_box):

@@ -25,12 +25,14 @@ from urllib.parse import urlsplit
 
 from .upstream import (
     CHUNK,
+    TOKEN,
     RequestRefused,
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeout,
     check_framing,
     check_status,
+    transfer_codings,
 )
 
 #: An idle upstream connection older than this is closed instead of reused.
@@ -86,12 +88,7 @@ _MAX_FIELDS = 100
 _MAX_INTERIM = 10
 
 
-def _tokens(values: list[str]) -> list[str]:
-    """The comma-separated tokens of every field of one name, lower-cased (``a, b`` and ``c`` give a, b, c)."""
-    return [token.strip(" \t").lower() for value in values for token in value.split(",") if token.strip(" \t")]
-
-
-_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_NAME = re.compile(TOKEN.encode())
 
 
 class _Fields:
@@ -208,7 +205,7 @@ class _StrictResponse(http.client.HTTPResponse):
         Every Transfer-Encoding and Connection field counts, not only the first
         (:func:`shim.upstream.check_framing` refuses any coding but ``chunked``).
         """
-        self.chunked = _tokens(self.headers.get_all("transfer-encoding", [])) == ["chunked"]
+        self.chunked = transfer_codings(self.headers.get_all("transfer-encoding", [])) == ["chunked"]
         self.chunk_left = None
         # Any "close" in any Connection field closes (as http.client reads the first one):
         # closing a connection that could have stayed open costs a new one, nothing more.
@@ -220,8 +217,8 @@ class _StrictResponse(http.client.HTTPResponse):
                 "keep-alive" in connection or self.headers.get("keep-alive")
             )
         self.length = None
-        length = self.headers.get("content-length")
-        if length and not self.chunked and length.strip(" \t").isdigit() and length.strip(" \t").isascii():
+        length = (self.headers.get("content-length") or "").strip(" \t")
+        if length.isascii() and length.isdigit() and not self.chunked:
             self.length = int(length)
         if status == 204 and (self.chunked or self.length):
             self.will_close = True  # a 204 announcing a body: whatever follows must not reach the next request
@@ -440,7 +437,7 @@ class HttpUpstream:
             raise
         status = response.status
         # No body follows, whatever the headers say (RFC 9112 section 6.3).
-        bodyless = method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        bodyless = method == "HEAD" or status in (204, 304)  # check_status refused any 1xx
         state = {"complete": bodyless}
 
         def body_iter():
@@ -460,9 +457,7 @@ class HttpUpstream:
             state["complete"] = True
 
         def close():
-            reusable = (
-                state["complete"] and sent_whole and status >= 200 and not response.will_close and conn.sock is not None
-            )
+            reusable = state["complete"] and sent_whole and not response.will_close and conn.sock is not None
             response.close()
             if reusable:
                 self._checkin(conn)

@@ -120,8 +120,9 @@ class Upstream(Protocol):
         """Release every connection kept for reuse."""
 
 
-# A header name (RFC 9110 token) and a value once obsolete line folding is undone.
-_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: A header name (RFC 9110 token); below, a value once obsolete line folding is undone.
+TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_NAME = re.compile(TOKEN)
 _VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # also what a reason phrase may hold
 
 
@@ -138,6 +139,11 @@ def check_status(status: int, reason: str) -> None:
         raise UpstreamError("the legacy server sent a control character in the status line")
 
 
+def transfer_codings(values: list[str]) -> list[str]:
+    """The codings of every Transfer-Encoding field, in order, lower-cased (``gzip, chunked`` gives two)."""
+    return [coding.strip(" \t").lower() for value in values for coding in value.split(",") if coding.strip(" \t")]
+
+
 def check_framing(headers: list[tuple[str, str]]) -> None:
     """Refuse (:class:`UpstreamError`) an answer whose length or headers could be read two ways.
 
@@ -148,7 +154,7 @@ def check_framing(headers: list[tuple[str, str]]) -> None:
     differently (response splitting).
     """
     lengths: list[str] = []
-    codings: list[str] = []
+    encodings: list[str] = []  # the Transfer-Encoding values
     for name, value in headers:
         if not _NAME.fullmatch(name):
             raise UpstreamError(f"the legacy server sent an invalid header name {name[:40]!r}")
@@ -158,13 +164,14 @@ def check_framing(headers: list[tuple[str, str]]) -> None:
         if lname == "content-length":
             lengths.extend(v.strip(" \t") for v in value.split(","))  # OWS is SP and HTAB, nothing else
         elif lname == "transfer-encoding":
-            codings.extend(v.strip(" \t").lower() for v in value.split(","))
-    if codings and [c for c in codings if c] != ["chunked"]:
+            encodings.append(value)
+    codings = transfer_codings(encodings)
+    if encodings and codings != ["chunked"]:
         # Another coding would reach the client decoded by nobody (the field is hop-by-hop).
         raise UpstreamError(f"the legacy server sent a transfer coding other than chunked ({', '.join(codings)[:40]})")
     if len(lengths) > 1:
         raise UpstreamError("the legacy server sent more than one Content-Length")
-    if lengths and codings:
+    if lengths and encodings:
         raise UpstreamError("the legacy server sent both Transfer-Encoding and Content-Length")
     if lengths and not (lengths[0].isascii() and lengths[0].isdigit()):
         raise UpstreamError(f"the legacy server sent an invalid Content-Length {lengths[0][:20]!r}")
