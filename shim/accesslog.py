@@ -32,8 +32,13 @@ MASK = "***"
 #: A part every secret name keeps whatever its spelling, short of percent-encoding
 #: ("auth.hash", "auth+token" and "auth[token" are read "auth_..." by PHP).
 _SECRET_CORES = ("auth", "pass", "token", "userid")
-# Something in a log message that looks like a request target with a query.
-_TARGET_WITH_QUERY = re.compile(r"(?<![\w%])(/[^\s?\"']*)\?([^\s\"']*)")
+# A query inside a log message: whatever follows a "?" up to a space or a quote.
+# Not only after "/path": gunicorn quotes the raw request line of a target it
+# refuses, and that target ("x?auth_token=...", "*?...") need not start with "/".
+_QUERY_IN_TEXT = re.compile(r"\?([^\s\"']*)")
+# A credential header quoted whole in a message: gunicorn names a header line it
+# cannot split at a colon ("Invalid HTTP Header: 'Authorization Basic ...'").
+_CREDENTIAL_HEADER_IN_TEXT = re.compile(r"(?<=['\"])(authorization|proxy-authorization|cookie)\b[^'\"]*", re.I)
 
 
 def mask_query(query: str) -> str:
@@ -63,10 +68,12 @@ def mask_target(path: str, query: str | None) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Every ``/path?query`` inside a free text (a log message) masked."""
-    if "?" not in text:
-        return text
-    return _TARGET_WITH_QUERY.sub(lambda m: m.group(1) + "?" + mask_query(m.group(2)), text)
+    """Every query and quoted credential header inside a free text (a log message) masked."""
+    if "?" in text:
+        text = _QUERY_IN_TEXT.sub(lambda m: "?" + mask_query(m.group(1)), text)
+    if "'" in text or '"' in text:
+        text = _CREDENTIAL_HEADER_IN_TEXT.sub(lambda m: m.group(1) + " " + MASK, text)
+    return text
 
 
 class MaskSecrets(logging.Filter):

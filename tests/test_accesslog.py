@@ -118,3 +118,23 @@ def test_secret_values_are_masked_in_every_spelling(query, masked):
 def test_the_quick_answer_for_queries_without_secrets_is_the_full_one(query):
     # A query with no secret name is returned without splitting: that must never skip one.
     assert accesslog.mask_query(query) == accesslog._mask_each(query)
+
+
+@pytest.mark.parametrize(
+    "text, masked",
+    [
+        ("GET /a?auth_token=T&x=1 failed", "GET /a?auth_token=***&x=1 failed"),
+        (
+            "Invalid HTTP request line: 'GET x?token=T HTTP/1.1'",
+            "Invalid HTTP request line: 'GET x?token=*** HTTP/1.1'",
+        ),
+        ("'http://h/p?auth_hash=1:H'", "'http://h/p?auth_hash=***'"),
+        ("Invalid HTTP Header: 'Authorization Basic dXNlcjpwdw=='", "Invalid HTTP Header: 'Authorization ***'"),
+        ('Invalid HTTP Header: "cookie AjaXplorer=abc"', 'Invalid HTTP Header: "cookie ***"'),
+        ("Invalid HTTP Header: 'X-Forwarded-For'", "Invalid HTTP Header: 'X-Forwarded-For'"),
+        ("the cookie path was rewritten", "the cookie path was rewritten"),
+        ("what? nothing", "what? nothing"),
+    ],
+)
+def test_secrets_in_free_text_are_masked(text, masked):
+    assert accesslog.mask_text(text) == masked

@@ -926,19 +926,32 @@ def test_an_upstream_closing_after_its_headers_is_a_clean_502_with_no_secret_log
     assert "Error handling request" not in log
 
 
-def test_gunicorn_s_own_messages_never_show_a_secret(raw_shim):
-    """A request line gunicorn itself refuses is logged by gunicorn: masked too."""
+# gunicorn quotes the whole request line when the target is not origin-form
+# ("Invalid HTTP request line: 'GET x?...'"), a header line it cannot split
+# whole, and only the last part of a request line whose version is junk.
+@pytest.mark.parametrize(
+    "head, logged",
+    [
+        (
+            b"GET x?auth_token=TOKSECRET3&auth_hash=1:HASHSECRET3 HTTP/1.1\r\nHost: x",
+            "'GET x?auth_token=***&auth_hash=*** HTTP/1.1'",
+        ),
+        (b"GET *?a=1&token=TOKSECRET4 HTTP/1.1\r\nHost: x", "'GET *?a=1&token=*** HTTP/1.1'"),
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nAuthorization Basic SECRET5", "'Authorization ***'"),
+        (b"GET /x?auth_token=TOKSECRET6&auth_hash=1:HASHSECRET6 HTTP/1.1 junk\r\nHost: x", "'HTTP/1.1 junk'"),
+    ],
+)
+def test_gunicorn_s_own_messages_never_show_a_secret(raw_shim, head, logged):
+    """A request gunicorn itself refuses is logged by gunicorn: masked too."""
     with socket.create_connection(("127.0.0.1", raw_shim.port), timeout=10) as sock:
-        sock.sendall(b"GET /x?auth_token=TOKSECRET2&auth_hash=1:HASHSECRET2 HTTP/1.1 junk\r\nHost: x\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")
         reply = sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 400")
     deadline = time.monotonic() + 5
-    while "Invalid request from ip" not in raw_shim.log():
+    while logged not in raw_shim.log():
         assert time.monotonic() < deadline, raw_shim.log()[-2000:]
         time.sleep(0.02)
-    log = raw_shim.log()
-    assert "TOKSECRET2" not in log and "HASHSECRET2" not in log
-    assert "auth_token=***" in log
+    assert "SECRET" not in raw_shim.log()
 
 
 @pytest.mark.parametrize("kind", sorted(RawUpstream.FRAMINGS))
