@@ -68,6 +68,11 @@ def setting(
     )
 
 
+def admin_endpoint(default: str, what: str) -> Any:
+    """Declare the path of one of the shim's own endpoints (the same rule and wording for each)."""
+    return setting(default, f"{what}, under the public prefix. Empty turns it off.", check=check_admin_path)
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting of the shim, validated.  Build one with :func:`load`."""
@@ -183,16 +188,8 @@ class Config:
         "Bytes left free on the spool's file system: an upload that would take more gets 503. 0: no check.",
     )
     proxy_spool_dir: str = setting("", "Where chunked bodies are spooled. Empty: the system's temporary directory.")
-    admin_health_path: str = setting(
-        "/_shim/health",
-        "The health endpoint under the public prefix (JSON, 200 or 503). Empty turns it off.",
-        check=check_admin_path,
-    )
-    admin_metrics_path: str = setting(
-        "/_shim/metrics",
-        "The Prometheus metrics endpoint under the public prefix. Empty turns it off.",
-        check=check_admin_path,
-    )
+    admin_health_path: str = admin_endpoint("/_shim/health", "The health endpoint (JSON, 200 or 503)")
+    admin_metrics_path: str = admin_endpoint("/_shim/metrics", "The Prometheus metrics endpoint")
     server_bind: str = setting(
         "127.0.0.1:8080", "Where pydio-shim serve listens: host:port or unix:/path (--bind wins).", check=check_bind
     )
