@@ -16,6 +16,7 @@ import tempfile
 
 from shim import config as _shim_config
 from shim.accesslog import LOG_DATE_FORMAT, LOG_FORMAT
+from shim.balance import ConnectionCounts
 from shim.gunicorn_worker import ShimThreadWorker
 
 try:
@@ -47,6 +48,15 @@ ShimThreadWorker.header_timeout = _config.server_header_timeout
 ShimThreadWorker.client_timeout = _config.server_client_timeout
 workers = _config.server_workers or max(2, multiprocessing.cpu_count())
 threads = _config.server_threads
+# New connections go to the worker holding the fewest (shim/balance.py): a burst
+# of kept-alive connections would otherwise often land on one worker, one core.
+_connection_counts = ConnectionCounts()
+
+
+def pre_fork(server, worker):
+    worker.connection_counts = _connection_counts
+    worker.connection_slot = _connection_counts.claim()
+
 
 # For gthread workers "timeout" is a heartbeat, not a request time limit: the
 # worker's main loop reports to the master about once a second whatever its
@@ -88,10 +98,11 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 
 def child_exit(server, worker):
-    """A worker ended: its live values stop counting (its totals stay in the sums)."""
+    """A worker ended: its live values stop counting (its totals stay in the sums), its slot is free."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    _connection_counts.release(getattr(worker, "connection_slot", None))
 
 
 def on_exit(server):

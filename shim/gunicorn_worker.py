@@ -10,6 +10,9 @@ it within ``server.header_timeout`` seconds is disconnected.  After that,
 each read of the request body waits at most ``server.client_timeout`` seconds
 (``SO_RCVTIMEO``; the application then sees the body break off).
 
+New connections are also spread over the workers by their open connections
+(:mod:`shim.balance`): a worker holding more than another lets that one accept.
+
 gunicorn's own classes are extended, not copied; the shim pins gunicorn's
 minor version (pyproject.toml) because this builds on the worker's internals.
 """
@@ -23,6 +26,8 @@ import time
 from functools import partial
 
 from gunicorn.workers.gthread import ThreadWorker
+
+from .balance import ConnectionCounts
 
 #: A header block larger than this is handed on as it is, for gunicorn to refuse (431).
 MAX_HEADER_BLOCK = 64 * 1024
@@ -42,10 +47,58 @@ class ShimThreadWorker(ThreadWorker):
     #: Set from the shim's configuration by :mod:`shim.gunicorn_conf` (seconds).
     header_timeout = 20.0
     client_timeout = 60.0
+    #: The server's table of open connections per worker and this worker's slot
+    #: in it, set by :mod:`shim.gunicorn_conf` before the worker is forked.
+    connection_counts: ConnectionCounts | None = None
+    connection_slot: int | None = None
+    #: While another worker holds fewer connections, accepting pauses this long, then looks again...
+    ACCEPT_PAUSE = 0.001
+    #: ...for this long at most: a worker that has not taken the connection by then is not waited for.
+    ACCEPT_PAUSE_LIMIT = 0.02
 
     def init_process(self):
         self.gathering: dict = {}  # conn -> [header bytes so far, deadline]
-        super().init_process()
+        self._accept_resumes_at = 0.0
+        self._pausing_since = 0.0
+        super().init_process()  # runs the worker's loop
+
+    def accept(self, listener):
+        """gthread's accept, unless a worker with fewer connections should take this one."""
+        if not self._leave_to_another_worker():
+            super().accept(listener)
+            self._publish_connections()
+
+    def _leave_to_another_worker(self) -> bool:
+        counts, slot = self.connection_counts, self.connection_slot
+        if counts is None or slot is None:
+            return False
+        fewest = counts.fewest_elsewhere(slot)
+        if fewest is None or self.nr_conns <= fewest:
+            return False
+        now = time.monotonic()
+        if now > self._accept_resumes_at + self.ACCEPT_PAUSE:
+            self._pausing_since = now  # the listener stayed quiet since the last pause: a new connection
+        elif now - self._pausing_since >= self.ACCEPT_PAUSE_LIMIT:
+            return False
+        self._accept_resumes_at = now + self.ACCEPT_PAUSE
+        self.set_accept_enabled(False)
+        return True
+
+    def set_accept_enabled(self, enabled):
+        if enabled and time.monotonic() < self._accept_resumes_at:
+            return  # paused for another worker (the loop enables accepting again each turn)
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout):
+        self._publish_connections()
+        pause_left = self._accept_resumes_at - time.monotonic()
+        if pause_left > 0:
+            timeout = min(timeout, pause_left)
+        super().wait_for_and_dispatch_events(timeout)
+
+    def _publish_connections(self):
+        if self.connection_counts is not None and self.connection_slot is not None:
+            self.connection_counts.publish(self.connection_slot, self.pid, self.nr_conns)
 
     def enqueue_req(self, conn):
         """Gather the next request's header block in the event loop, then hand it to a thread."""
