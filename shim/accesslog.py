@@ -32,13 +32,29 @@ MASK = "***"
 #: A part every secret name keeps whatever its spelling, short of percent-encoding
 #: ("auth.hash", "auth+token" and "auth[token" are read "auth_..." by PHP).
 _SECRET_CORES = ("auth", "pass", "token", "userid")
-# A query inside a log message: whatever follows a "?" up to a space or a quote.
-# Not only after "/path": gunicorn quotes the raw request line of a target it
-# refuses, and that target ("x?auth_token=...", "*?...") need not start with "/".
-_QUERY_IN_TEXT = re.compile(r"\?([^\s\"']*)")
-# A credential header quoted whole in a message: gunicorn names a header line it
-# cannot split at a colon ("Invalid HTTP Header: 'Authorization Basic ...'").
-_CREDENTIAL_HEADER_IN_TEXT = re.compile(r"(?<=['\"])(authorization|proxy-authorization|cookie)\b[^'\"]*", re.I)
+# A query inside a log message: whatever follows a "?" up to a space.  Not only
+# after "/path": gunicorn quotes the raw request line of a target it refuses,
+# and that target ("x?auth_token=...", "*?...") need not start with "/"; quotes
+# do not end it either (repr() keeps a quote inside the target as it is).
+_QUERY_IN_TEXT = re.compile(r"\?(\S*)")
+# A credential header named in a message, e.g. a header line gunicorn quotes
+# whole ("Invalid HTTP Header: 'Authorization Basic ...'") or the raw bytes of
+# a request it gave up on ("...\\r\\nCookie: s=..."): masked to the end of its
+# line, closing quotes included (a value may hold quotes of its own).
+_CREDENTIAL_HEADER_IN_TEXT = re.compile(
+    r"""((?:(?<=['"])|(?<=\\n))(?:\s|\\t)*(?:proxy-authorization|authorization|cookie)\b)(?:(?!\\[rn])[^\r\n])*""",
+    re.I,
+)
+
+
+def _loose_name(name: str) -> str:
+    """A decoded name read the loosest way PHP may file it (only to decide what to mask).
+
+    PHP also drops leading spaces, stops at a NUL byte and files ``auth[token``
+    (an unclosed ``[``) as ``auth_token``: masking more than needed is harmless.
+    """
+    name = name.split("\0", 1)[0].lstrip(" ").lower()
+    return name.replace(".", "_").replace(" ", "_").replace("[", "_").split("]", 1)[0]
 
 
 def mask_query(query: str) -> str:
@@ -57,7 +73,8 @@ def _mask_each(query: str) -> str:
     parts = []
     for part in query.split("&"):
         name, eq, _value = part.partition("=")
-        secret = eq and php_param_name(urldecode(name)).lower() in SECRET_PARAMS
+        decoded = urldecode(name)
+        secret = eq and (php_param_name(decoded).lower() in SECRET_PARAMS or _loose_name(decoded) in SECRET_PARAMS)
         parts.append(f"{name}={MASK}" if secret else part)
     return "&".join(parts)
 
@@ -71,25 +88,36 @@ def mask_text(text: str) -> str:
     """Every query and quoted credential header inside a free text (a log message) masked."""
     if "?" in text:
         text = _QUERY_IN_TEXT.sub(lambda m: "?" + mask_query(m.group(1)), text)
-    if "'" in text or '"' in text:
-        text = _CREDENTIAL_HEADER_IN_TEXT.sub(lambda m: m.group(1) + " " + MASK, text)
-    return text
+    return _CREDENTIAL_HEADER_IN_TEXT.sub(lambda m: m.group(1) + " " + MASK, text)
 
 
 class MaskSecrets(logging.Filter):
     """A logging filter masking secret query values in a record's message and arguments.
 
     Installed on gunicorn's error log, which names the raw request line of a
-    request that failed or that it could not parse.
+    request that failed or that it could not parse, and passes exceptions as
+    arguments (one holds the raw bytes of a request): the whole message is
+    formatted, then masked; so are a traceback and a stack.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            args = record.args if isinstance(record.args, tuple) else (record.args,)
-            record.args = tuple(mask_text(a) if isinstance(a, str) else a for a in args)
-        if isinstance(record.msg, str):
-            record.msg = mask_text(record.msg)
+        # The message as it will be printed (arguments of any type formatted: an
+        # exception holding raw request bytes too), then masked as one text.
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: logging would print its arguments raw in its error report
+            message = f"{record.msg} (arguments that do not fit the message left out)"
+        record.msg, record.args = mask_text(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        if record.exc_text:  # what formatters print instead of formatting exc_info again
+            record.exc_text = mask_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_text(record.stack_info)
         return True
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 @dataclass

@@ -107,6 +107,10 @@ def test_the_handler_s_level_and_the_logger_s_filters_still_apply(access_stream)
         ),
         ("stream=true&flatten=true&filter=/a/b", "stream=true&flatten=true&filter=/a/b"),
         ("authority=1&passage", "authority=1&passage"),
+        # names PHP may file as a secret one: an unclosed "[", leading spaces, a NUL
+        ("auth[token=S", "auth[token=***"),
+        ("+auth_token=S&%20token=R", "+auth_token=***&%20token=***"),
+        ("auth_token%00x=S", "auth_token%00x=***"),
     ],
 )
 def test_secret_values_are_masked_in_every_spelling(query, masked):
@@ -128,13 +132,44 @@ def test_the_quick_answer_for_queries_without_secrets_is_the_full_one(query):
             "Invalid HTTP request line: 'GET x?token=T HTTP/1.1'",
             "Invalid HTTP request line: 'GET x?token=*** HTTP/1.1'",
         ),
-        ("'http://h/p?auth_hash=1:H'", "'http://h/p?auth_hash=***'"),
-        ("Invalid HTTP Header: 'Authorization Basic dXNlcjpwdw=='", "Invalid HTTP Header: 'Authorization ***'"),
-        ('Invalid HTTP Header: "cookie AjaXplorer=abc"', 'Invalid HTTP Header: "cookie ***"'),
+        ("'http://h/p?auth_hash=1:H'", "'http://h/p?auth_hash=***"),
+        ("Invalid HTTP Header: 'Authorization Basic dXNlcjpwdw=='", "Invalid HTTP Header: 'Authorization ***"),
+        ('Invalid HTTP Header: "cookie AjaXplorer=abc"', 'Invalid HTTP Header: "cookie ***'),
         ("Invalid HTTP Header: 'X-Forwarded-For'", "Invalid HTTP Header: 'X-Forwarded-For'"),
         ("the cookie path was rewritten", "the cookie path was rewritten"),
+        ("authorization tables changed (ajxp_roles)", "authorization tables changed (ajxp_roles)"),
+        # a quote inside the target does not end it; nor does one inside a header value
+        ('line: "GET x?a=\'&auth_token=S HTTP/1.1"', 'line: "GET x?a=\'&auth_token=*** HTTP/1.1"'),
+        ("Invalid HTTP Header: \"Cookie a='b'; sess=S\"", 'Invalid HTTP Header: "Cookie ***'),
+        ("' Authorization Basic S'", "' Authorization ***"),
+        ("'\\tCookie sess=S'", "'\\tCookie ***"),
+        # raw request bytes as repr() shows them
+        ("b'GET / HTTP/1.1\\r\\nCookie: s=S2\\r\\nHost: x'", "b'GET / HTTP/1.1\\r\\nCookie ***\\r\\nHost: x'"),
         ("what? nothing", "what? nothing"),
     ],
 )
 def test_secrets_in_free_text_are_masked(text, masked):
     assert accesslog.mask_text(text) == masked
+
+
+def test_the_filter_masks_arguments_of_any_type_and_tracebacks():
+    """gunicorn logs exceptions as arguments (NoMoreData holds the raw request) and with tracebacks."""
+    import logging
+
+    class RawBytesError(Exception):
+        def __str__(self):
+            return repr(b"GET /?auth_token=SECRET1 HTTP/1.1\r\nCookie: s=SECRET2")
+
+    try:
+        raise RuntimeError("GET http://up/x?auth_hash=1:SECRET3")
+    except RuntimeError:
+        import sys
+
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "gunicorn.error", logging.DEBUG, __file__, 1, "Ignored: %s", (RawBytesError(),), exc_info
+    )
+    assert accesslog.MaskSecrets().filter(record)
+    printed = logging.Formatter().format(record)
+    assert "SECRET" not in printed, printed
+    assert "auth_token=***" in printed and "Cookie ***" in printed and "auth_hash=***" in printed

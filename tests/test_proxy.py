@@ -937,7 +937,7 @@ def test_an_upstream_closing_after_its_headers_is_a_clean_502_with_no_secret_log
             "'GET x?auth_token=***&auth_hash=*** HTTP/1.1'",
         ),
         (b"GET *?a=1&token=TOKSECRET4 HTTP/1.1\r\nHost: x", "'GET *?a=1&token=*** HTTP/1.1'"),
-        (b"GET /x HTTP/1.1\r\nHost: x\r\nAuthorization Basic SECRET5", "'Authorization ***'"),
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nAuthorization Basic SECRET5", "'Authorization ***"),
         (b"GET /x?auth_token=TOKSECRET6&auth_hash=1:HASHSECRET6 HTTP/1.1 junk\r\nHost: x", "'HTTP/1.1 junk'"),
     ],
 )
