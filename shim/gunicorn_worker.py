@@ -28,6 +28,7 @@ from functools import partial
 from gunicorn.workers.gthread import ThreadWorker
 
 from .balance import ConnectionCounts
+from .threadpool import LastIdleFirstExecutor
 
 #: A header block larger than this is handed on as it is, for gunicorn to refuse (431).
 MAX_HEADER_BLOCK = 64 * 1024
@@ -61,6 +62,10 @@ class ShimThreadWorker(ThreadWorker):
         self._accept_resumes_at = 0.0
         self._pausing_since = 0.0
         super().init_process()  # runs the worker's loop
+
+    def get_thread_pool(self):
+        """The request threads: the one that went idle last takes the next request (shim.threadpool)."""
+        return LastIdleFirstExecutor(max_workers=self.cfg.threads)
 
     def accept(self, listener):
         """gthread's accept, unless a worker with fewer connections should take this one."""
