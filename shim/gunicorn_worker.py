@@ -99,11 +99,16 @@ class ShimThreadWorker(ThreadWorker):
         pause_left = self._accept_resumes_at - time.monotonic()
         if pause_left > 0:
             timeout = min(timeout, pause_left)
+        elif self.alive and not self._accepting and self.nr_conns < self.worker_connections:
+            # The pause ended between the loop's enabling (refused) and now: enable
+            # here, or the listener would stay off for the whole select timeout.
+            super().set_accept_enabled(True)
         super().wait_for_and_dispatch_events(timeout)
 
     def _publish_connections(self):
         if self.connection_counts is not None and self.connection_slot is not None:
-            self.connection_counts.publish(self.connection_slot, self.pid, self.nr_conns)
+            # A stopping worker accepts no more: it must not look like the one to leave connections to.
+            self.connection_counts.publish(self.connection_slot, self.pid if self.alive else -1, self.nr_conns)
 
     def enqueue_req(self, conn):
         """Gather the next request's header block in the event loop, then hand it to a thread."""
