@@ -47,16 +47,6 @@ _CREDENTIAL_HEADER_IN_TEXT = re.compile(
 )
 
 
-def _loose_name(name: str) -> str:
-    """A decoded name read the loosest way PHP may file it (only to decide what to mask).
-
-    PHP also drops leading spaces, stops at a NUL byte and files ``auth[token``
-    (an unclosed ``[``) as ``auth_token``: masking more than needed is harmless.
-    """
-    name = name.split("\0", 1)[0].lstrip(" ").lower()
-    return name.replace(".", "_").replace(" ", "_").replace("[", "_").split("]", 1)[0]
-
-
 def mask_query(query: str) -> str:
     """*query* with the values of secret parameters replaced by ``***``.
 
@@ -73,8 +63,7 @@ def _mask_each(query: str) -> str:
     parts = []
     for part in query.split("&"):
         name, eq, _value = part.partition("=")
-        decoded = urldecode(name)
-        secret = eq and (php_param_name(decoded).lower() in SECRET_PARAMS or _loose_name(decoded) in SECRET_PARAMS)
+        secret = eq and php_param_name(urldecode(name)).lower() in SECRET_PARAMS
         parts.append(f"{name}={MASK}" if secret else part)
     return "&".join(parts)
 

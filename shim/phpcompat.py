@@ -79,8 +79,17 @@ def parse_query(query: str | bytes) -> list[tuple[str, str]]:
 
 
 def php_param_name(name: str) -> str:
-    """The key PHP files a decoded parameter name under: ``.`` and spaces become ``_``, ``[...]`` dropped."""
-    return name.replace(".", "_").replace(" ", "_").split("[", 1)[0]
+    """The key PHP 7 files a decoded parameter name under.
+
+    The name ends at a NUL byte and loses its leading spaces; ``.`` and spaces
+    before the first ``[`` become ``_``; ``[...]`` is an array index, dropped;
+    an unclosed ``[`` becomes ``_``, the rest kept as sent (``auth[token`` is
+    ``auth_token``).
+    """
+    name = name.split("\0", 1)[0].lstrip(" ")
+    head, bracket, rest = name.partition("[")
+    head = head.replace(".", "_").replace(" ", "_")
+    return head + "_" + rest if bracket and "]" not in rest else head
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")

@@ -173,3 +173,22 @@ def test_the_filter_masks_arguments_of_any_type_and_tracebacks():
     printed = logging.Formatter().format(record)
     assert "SECRET" not in printed, printed
     assert "auth_token=***" in printed and "Cookie ***" in printed and "auth_hash=***" in printed
+
+
+@pytest.mark.parametrize(
+    "name, filed_as",
+    [
+        ("auth.token", "auth_token"),
+        ("auth token", "auth_token"),
+        ("auth_token[x]", "auth_token"),
+        ("a[]", "a"),
+        ("auth[token", "auth_token"),  # an unclosed "[" becomes "_"
+        ("auth[tok.en", "auth_tok.en"),  # after it, nothing more is rewritten
+        ("  auth_token", "auth_token"),  # leading spaces dropped
+        ("auth_token\0x", "auth_token"),  # the name ends at a NUL byte
+    ],
+)
+def test_parameter_names_are_filed_as_php_7_files_them(name, filed_as):
+    from shim.phpcompat import php_param_name
+
+    assert php_param_name(name) == filed_as
