@@ -1,6 +1,6 @@
 """The HTTP transport's own reading of an answer's header block and framing.
 
-The header block is parsed by :func:`shim.http_upstream.parse_header_block`
+The header block is parsed by :func:`shim.http_response.parse_header_block`
 instead of http.client's email parser.  The property test holds it to what
 the stdlib parser (with obsolete folding undone) makes of every block that
 parser reads cleanly; the socket tests check the framing http.client reads
@@ -20,7 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shim.http_upstream import HttpUpstream, parse_header_block, request_head
+from shim.http_response import parse_header_block
+from shim.http_upstream import HttpUpstream, request_head
 from shim.responses import RawResponse
 from shim.upstream import UpstreamError
 
