@@ -37,6 +37,8 @@ _SECRET_CORES = ("auth", "pass", "token", "userid")
 # and that target ("x?auth_token=...", "*?...") need not start with "/"; quotes
 # do not end it either (repr() keeps a quote inside the target as it is).
 _QUERY_IN_TEXT = re.compile(r"\?(\S*)")
+_VERSION = re.compile(r"HTTP/\d+\.\d+")
+_VERSION_MESSAGE = "Invalid HTTP Version: "
 # A credential header named in a message, e.g. a header line gunicorn quotes
 # whole ("Invalid HTTP Header: 'Authorization Basic ...'") or the raw bytes of
 # a request it gave up on ("...\\r\\nCookie: s=..."): masked to the end of its
@@ -74,10 +76,42 @@ def mask_target(path: str, query: str | None) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Every query and quoted credential header inside a free text (a log message) masked."""
-    if "?" in text:
-        text = _QUERY_IN_TEXT.sub(lambda m: "?" + mask_query(m.group(1)), text)
+    """Every query, quoted credential header and target tail inside a free text (a log message) masked."""
+    if "?" in text or _VERSION_MESSAGE in text:
+        text = "\n".join(_mask_line(line) for line in text.split("\n"))
     return _CREDENTIAL_HEADER_IN_TEXT.sub(lambda m: m.group(1) + " " + MASK, text)
+
+
+def _mask_line(line: str) -> str:
+    """The queries and target tails of one line masked (in time linear in its length).
+
+    A target may hold a blank, sent raw by a broken client.  In a request line
+    quoted whole, its query then goes on up to the `` HTTP/x.y`` that ends the
+    line.  gunicorn splits a request line at its first two blanks, so the
+    tail of such a target shows up in the version it names ("Invalid HTTP
+    Version: 'S HTTP/1.1'"): of a version with a blank only what reads as a
+    version is kept.
+    """
+    start = line.find(_VERSION_MESSAGE)
+    if start >= 0:
+        value_at = start + len(_VERSION_MESSAGE) + 1
+        quote = line[value_at - 1 : value_at]
+        end = line.rfind(quote, value_at) if quote in ("'", '"') else -1
+        if end > 0 and any(blank in line[value_at:end] for blank in " \t"):
+            words = [w if _VERSION.fullmatch(w) else MASK for w in line[value_at:end].split()]
+            line = line[:value_at] + " ".join(words) + line[end:]
+    query_at = line.find("?")
+    if query_at < 0:
+        return line
+    version_at = max(line.rfind(" HTTP/"), line.rfind("\tHTTP/"))
+    if version_at > query_at and _VERSION.match(line, version_at + 1):
+        # mask_query splits at "&" only: any later "?" of the run stays inside it
+        return line[: query_at + 1] + mask_query(line[query_at + 1 : version_at]) + _mask_queries(line[version_at:])
+    return _mask_queries(line)
+
+
+def _mask_queries(text: str) -> str:
+    return _QUERY_IN_TEXT.sub(lambda m: "?" + mask_query(m.group(1)), text) if "?" in text else text
 
 
 class MaskSecrets(logging.Filter):

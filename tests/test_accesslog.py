@@ -146,6 +146,16 @@ def test_the_quick_answer_for_queries_without_secrets_is_the_full_one(query):
         # raw request bytes as repr() shows them
         ("b'GET / HTTP/1.1\\r\\nCookie: s=S2\\r\\nHost: x'", "b'GET / HTTP/1.1\\r\\nCookie ***\\r\\nHost: x'"),
         ("what? nothing", "what? nothing"),
+        # a blank inside a target: the query goes on to the version; its tail in a version is masked
+        (
+            "Invalid HTTP request line: 'GET x?token=T1 T2 HTTP/1.1'",
+            "Invalid HTTP request line: 'GET x?token=*** HTTP/1.1'",
+        ),
+        ("Invalid HTTP Version: 'T2 HTTP/1.1'", "Invalid HTTP Version: '*** HTTP/1.1'"),
+        ("Invalid HTTP Version: 'HTTP/1.1 junk'", "Invalid HTTP Version: 'HTTP/1.1 ***'"),
+        ('Invalid HTTP Version: "T\'2 T3 HTTP/1.0"', 'Invalid HTTP Version: "*** *** HTTP/1.0"'),
+        ("Invalid HTTP Version: 'HTTP/2.0'", "Invalid HTTP Version: 'HTTP/2.0'"),
+        ("Invalid HTTP Version: (3, 0)", "Invalid HTTP Version: (3, 0)"),
     ],
 )
 def test_secrets_in_free_text_are_masked(text, masked):
