@@ -38,13 +38,14 @@ _SECRET_CORES = ("auth", "pass", "token", "userid")
 # do not end it either (repr() keeps a quote inside the target as it is).
 _QUERY_IN_TEXT = re.compile(r"\?(\S*)")
 _VERSION = re.compile(r"HTTP/\d+\.\d+")
-_VERSION_MESSAGE = "Invalid HTTP Version: "
+_TRAILING_VERSION = re.compile(r" HTTP/\d+\.\d+$")
+_HEADER_NAME = re.compile(r"[!#$%&*+.^_`|~0-9A-Za-z-]*")
 # A credential header named in a message, e.g. a header line gunicorn quotes
 # whole ("Invalid HTTP Header: 'Authorization Basic ...'") or the raw bytes of
 # a request it gave up on ("...\\r\\nCookie: s=..."): masked to the end of its
 # line, closing quotes included (a value may hold quotes of its own).
 _CREDENTIAL_HEADER_IN_TEXT = re.compile(
-    r"""((?:(?<=['"])|(?<=\\n))(?:\s|\\t)*(?:proxy-authorization|authorization|cookie)\b)(?:(?!\\[rn])[^\r\n])*""",
+    r"""((?:(?<=['"])|(?<=\\n))(?:\s|\\t|:)*(?:proxy-authorization|authorization|cookie)\b)(?:(?!\\[rn])[^\r\n])*""",
     re.I,
 )
 
@@ -76,42 +77,74 @@ def mask_target(path: str, query: str | None) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Every query, quoted credential header and target tail inside a free text (a log message) masked."""
-    if "?" in text or _VERSION_MESSAGE in text:
-        text = "\n".join(_mask_line(line) for line in text.split("\n"))
+    """Every query, quoted credential header and raw request part inside a free text (a log message) masked."""
+    if "Invalid " in text or "Obsolete " in text:
+        text = _mask_quoted_request_parts(text)
+    if "?" in text:
+        text = _QUERY_IN_TEXT.sub(lambda m: "?" + mask_query(m.group(1)), text)
     return _CREDENTIAL_HEADER_IN_TEXT.sub(lambda m: m.group(1) + " " + MASK, text)
 
 
-def _mask_line(line: str) -> str:
-    """The queries and target tails of one line masked (in time linear in its length).
-
-    A target may hold a blank, sent raw by a broken client.  In a request line
-    quoted whole, its query then goes on up to the `` HTTP/x.y`` that ends the
-    line.  gunicorn splits a request line at its first two blanks, so the
-    tail of such a target shows up in the version it names ("Invalid HTTP
-    Version: 'S HTTP/1.1'"): of a version with a blank only what reads as a
-    version is kept.
-    """
-    start = line.find(_VERSION_MESSAGE)
-    if start >= 0:
-        value_at = start + len(_VERSION_MESSAGE) + 1
-        quote = line[value_at - 1 : value_at]
-        end = line.rfind(quote, value_at) if quote in ("'", '"') else -1
-        if end > 0 and any(blank in line[value_at:end] for blank in " \t"):
-            words = [w if _VERSION.fullmatch(w) else MASK for w in line[value_at:end].split()]
-            line = line[:value_at] + " ".join(words) + line[end:]
-    query_at = line.find("?")
-    if query_at < 0:
+def _mask_request_line(line: str) -> str:
+    # A query holding a blank, an escape or a second "?" (a broken client's raw
+    # bytes) could be read several ways: all of it goes.
+    at = line.find("?")
+    if at < 0:
         return line
-    version_at = max(line.rfind(" HTTP/"), line.rfind("\tHTTP/"))
-    if version_at > query_at and _VERSION.match(line, version_at + 1):
-        # mask_query splits at "&" only: any later "?" of the run stays inside it
-        return line[: query_at + 1] + mask_query(line[query_at + 1 : version_at]) + _mask_queries(line[version_at:])
-    return _mask_queries(line)
+    rest = line[at + 1 :]
+    version = _TRAILING_VERSION.search(rest)
+    query, tail = (rest[: version.start()], version.group()) if version else (rest, "")
+    plain = not any(c in query for c in " \\?")
+    return line[: at + 1] + (mask_query(query) if plain else MASK) + tail
 
 
-def _mask_queries(text: str) -> str:
-    return _QUERY_IN_TEXT.sub(lambda m: "?" + mask_query(m.group(1)), text) if "?" in text else text
+def _mask_version(version: str) -> str:
+    # Everything after the request line's second blank: a target holding a
+    # blank leaves its tail here, so only a value that is a version stays.
+    return version if _VERSION.fullmatch(version) else MASK
+
+
+def _mask_header_line(header: str) -> str:
+    name = _HEADER_NAME.match(header).group()  # type: ignore[union-attr]  # matches "" at least
+    return name if len(name) == len(header) else (name + " " + MASK).lstrip()
+
+
+#: gunicorn's messages that quote raw request bytes (gunicorn.http.errors), and
+#: what of the quoted value is kept: a request line without its query's
+#: secrets, a version only if it is one, a header line's name.
+_QUOTED_REQUEST_PARTS = {
+    "Invalid HTTP request line: ": _mask_request_line,
+    "Invalid HTTP Version: ": _mask_version,
+    "Invalid HTTP Header: ": _mask_header_line,
+    "Invalid HTTP header name: ": _mask_header_line,
+    "Obsolete line folding is unacceptable: ": _mask_header_line,
+}
+
+
+#: The inside of a repr() string opened by either quote: up to its closing quote
+#: or the end of the line.
+_REPR_BODY = {q: re.compile(rf"(?:[^\\{q}\n]|\\.)*") for q in "'\""}
+
+
+def _mask_quoted_request_parts(text: str) -> str:
+    """The values of gunicorn's quoting messages masked (in one pass each: linear in *text*)."""
+    for prefix, mask in _QUOTED_REQUEST_PARTS.items():
+        at = text.find(prefix)
+        if at < 0:
+            continue
+        parts, done = [], 0
+        while at >= 0:
+            start = at + len(prefix) + 1
+            body = _REPR_BODY.get(text[start - 1 : start])
+            if body is None:  # not a repr() after all: left to the other rules
+                at = text.find(prefix, start)
+                continue
+            end = body.match(text, start).end()  # type: ignore[union-attr]  # matches "" at least
+            parts += [text[done:start], mask(text[start:end])]
+            done = end
+            at = text.find(prefix, end)
+        text = "".join(parts) + text[done:]
+    return text
 
 
 class MaskSecrets(logging.Filter):

@@ -146,16 +146,44 @@ def test_the_quick_answer_for_queries_without_secrets_is_the_full_one(query):
         # raw request bytes as repr() shows them
         ("b'GET / HTTP/1.1\\r\\nCookie: s=S2\\r\\nHost: x'", "b'GET / HTTP/1.1\\r\\nCookie ***\\r\\nHost: x'"),
         ("what? nothing", "what? nothing"),
-        # a blank inside a target: the query goes on to the version; its tail in a version is masked
+        # gunicorn's messages quoting raw request parts (a broken client's blanks, tabs, "?"s)
         (
             "Invalid HTTP request line: 'GET x?token=T1 T2 HTTP/1.1'",
-            "Invalid HTTP request line: 'GET x?token=*** HTTP/1.1'",
+            "Invalid HTTP request line: 'GET x?*** HTTP/1.1'",
         ),
-        ("Invalid HTTP Version: 'T2 HTTP/1.1'", "Invalid HTTP Version: '*** HTTP/1.1'"),
-        ("Invalid HTTP Version: 'HTTP/1.1 junk'", "Invalid HTTP Version: 'HTTP/1.1 ***'"),
-        ('Invalid HTTP Version: "T\'2 T3 HTTP/1.0"', 'Invalid HTTP Version: "*** *** HTTP/1.0"'),
+        ("Invalid HTTP request line: 'GET x?token=A S\\tHTTP/1.1'", "Invalid HTTP request line: 'GET x?***'"),
+        ("Invalid HTTP request line: 'GET x?token=A S http/1.1'", "Invalid HTTP request line: 'GET x?***'"),
+        (
+            "Invalid HTTP request line: 'GET x?a=1 /y?token=S HTTP/1.1'",
+            "Invalid HTTP request line: 'GET x?*** HTTP/1.1'",
+        ),
+        ("Invalid HTTP request line: 'GET x?a=1?token=S HTTP/1.1'", "Invalid HTTP request line: 'GET x?*** HTTP/1.1'"),
+        ("Invalid HTTP request line: 'GET x/y HTTP/1.1'", "Invalid HTTP request line: 'GET x/y HTTP/1.1'"),
+        (
+            "Invalid request from ip=1.2.3.4: Invalid HTTP Version: 'S'",
+            "Invalid request from ip=1.2.3.4: Invalid HTTP Version: '***'",
+        ),
+        ("Invalid HTTP Version: 'T2 HTTP/1.1'", "Invalid HTTP Version: '***'"),
+        ("Invalid HTTP Version: 'S\\tHTTP/1.1'", "Invalid HTTP Version: '***'"),
+        ("Invalid HTTP Version: 'token=S'", "Invalid HTTP Version: '***'"),
+        ("Invalid HTTP Version: 'HTTP/1.1 junk'", "Invalid HTTP Version: '***'"),
+        ('Invalid HTTP Version: "T\'2 T3 HTTP/1.0"', 'Invalid HTTP Version: "***"'),
+        ("Invalid HTTP Version: 'it\\'s S' and 'x'", "Invalid HTTP Version: '***' and 'x'"),
+        ("Invalid HTTP Version: 'S", "Invalid HTTP Version: '***"),
         ("Invalid HTTP Version: 'HTTP/2.0'", "Invalid HTTP Version: 'HTTP/2.0'"),
         ("Invalid HTTP Version: (3, 0)", "Invalid HTTP Version: (3, 0)"),
+        ("Invalid HTTP Header: ':Authorization: Basic S'", "Invalid HTTP Header: '***'"),
+        ("Invalid HTTP Header: 'X-Note S'", "Invalid HTTP Header: 'X-Note ***'"),
+        ("Invalid HTTP Header: 'CONTENT-LENGTH'", "Invalid HTTP Header: 'CONTENT-LENGTH'"),
+        ("Invalid HTTP header name: 'X Authorization Basic S'", "Invalid HTTP header name: 'X ***'"),
+        ("Obsolete line folding is unacceptable: 'X-NOTE'", "Obsolete line folding is unacceptable: 'X-NOTE'"),
+        # a later "?" on the line is a query of its own
+        ("why? GET /x?token=S HTTP/1.1", "why? GET /x?token=*** HTTP/1.1"),
+        (
+            "b'Referer: https://h/p?lang=en\\r\\nX-Original-URI: /q?token=S\\r\\n'",
+            "b'Referer: https://h/p?lang=en\\r\\nX-Original-URI: /q?token=***",
+        ),
+        ("b'\\r\\n:Authorization: Basic S\\r\\n'", "b'\\r\\n:Authorization ***\\r\\n'"),
     ],
 )
 def test_secrets_in_free_text_are_masked(text, masked):
