@@ -32,22 +32,30 @@ MASK = "***"
 #: A part every secret name keeps whatever its spelling, short of percent-encoding
 #: ("auth.hash", "auth+token" and "auth[token" are read "auth_..." by PHP).
 _SECRET_CORES = ("auth", "pass", "token", "userid")
-# A query inside a log message: whatever follows a "?" up to a space.  Not only
+# A query inside a log message: whatever follows a "?" up to a space (or a
+# colon that ends the phrase, as in "... for GET /p?a=1: reason").  Not only
 # after "/path": gunicorn quotes the raw request line of a target it refuses,
 # and that target ("x?auth_token=...", "*?...") need not start with "/"; quotes
 # do not end it either (repr() keeps a quote inside the target as it is).
-_QUERY_IN_TEXT = re.compile(r"\?(\S*)")
+_QUERY_IN_TEXT = re.compile(r"\?(\S*?)(?=:?(?:\s|$))")
 _VERSION = re.compile(r"HTTP/\d+\.\d+")
 _TRAILING_VERSION = re.compile(r" HTTP/\d+\.\d+$")
 _HEADER_NAME = re.compile(r"[!#$%&*+.^_`|~0-9A-Za-z-]*")
+# The start of a request line that is one: a method, a blank, a path with no
+# "?", "=" or "&" (a body left on the connection is none).
+_REQUEST_LINE_HEAD = re.compile(r"([!#$%'*+.^_`|~0-9A-Za-z-]{1,20}) [^\s?=&]*")
 # A credential header named in a message, e.g. a header line gunicorn quotes
 # whole ("Invalid HTTP Header: 'Authorization Basic ...'") or the raw bytes of
 # a request it gave up on ("...\\r\\nCookie: s=..."): masked to the end of its
-# line, closing quotes included (a value may hold quotes of its own).
+# line (an escaped CR or LF), closing quotes included (a value may hold quotes
+# of its own; an escaped backslash is no line end).
 _CREDENTIAL_HEADER_IN_TEXT = re.compile(
-    r"""((?:(?<=['"])|(?<=\\n))(?:\s|\\t|:)*(?:proxy-authorization|authorization|cookie)\b)(?:(?!\\[rn])[^\r\n])*""",
+    r"""((?:(?<=['"])|(?<=\\n))(?:\s|\\t|:)*(?:proxy-authorization|authorization|cookie)(?=[\s:\\]))"""
+    r"""(?:\\\\|\\[^rn]|[^\\\r\n])*""",
     re.I,
 )
+#: Texts gunicorn quotes that are its own, not the client's.
+_GUNICORN_OWN_TEXTS = frozenset({"bare LF as line terminator"})
 
 
 def mask_query(query: str) -> str:
@@ -78,7 +86,7 @@ def mask_target(path: str, query: str | None) -> str:
 
 def mask_text(text: str) -> str:
     """Every query, quoted credential header and raw request part inside a free text (a log message) masked."""
-    if "Invalid " in text or "Obsolete " in text:
+    if "Invalid " in text or "Obsolete " in text or "No more data" in text:
         text = _mask_quoted_request_parts(text)
     if "?" in text:
         text = _QUERY_IN_TEXT.sub(lambda m: "?" + mask_query(m.group(1)), text)
@@ -86,16 +94,28 @@ def mask_text(text: str) -> str:
 
 
 def _mask_request_line(line: str) -> str:
-    # A query holding a blank, an escape or a second "?" (a broken client's raw
-    # bytes) could be read several ways: all of it goes.
-    at = line.find("?")
-    if at < 0:
-        return line
-    rest = line[at + 1 :]
+    # Kept: the method and path of what reads as a request line.  A query that
+    # could be read several ways (a blank, an escape or a second "?": a broken
+    # client's raw bytes) goes whole, and so does anything else after the path
+    # but a version, or a line that is no request line (a body left unread).
+    head = _REQUEST_LINE_HEAD.match(line)
+    if head is None:
+        return MASK
+    rest = line[head.end() :]
     version = _TRAILING_VERSION.search(rest)
-    query, tail = (rest[: version.start()], version.group()) if version else (rest, "")
-    plain = not any(c in query for c in " \\?")
-    return line[: at + 1] + (mask_query(query) if plain else MASK) + tail
+    middle, tail = (rest[: version.start()], version.group()) if version else (rest, "")
+    if not middle:
+        return line
+    if middle[0] == "?":
+        query = middle[1:]
+        plain = not any(c in query for c in " \\?")
+        return head.group() + "?" + (mask_query(query) if plain else MASK) + tail
+    return head.group(1) + " " + MASK + tail
+
+
+def _mask_method(method: str) -> str:
+    # The first word of a request line, or of a body left unread ("userid=...&password=...").
+    return method if len(method) <= 20 and not any(c in method for c in "=&\\") else MASK
 
 
 def _mask_version(version: str) -> str:
@@ -111,13 +131,16 @@ def _mask_header_line(header: str) -> str:
 
 #: gunicorn's messages that quote raw request bytes (gunicorn.http.errors), and
 #: what of the quoted value is kept: a request line without its query's
-#: secrets, a version only if it is one, a header line's name.
+#: secrets, a method, a version only if it is one, a header line's name.
 _QUOTED_REQUEST_PARTS = {
     "Invalid HTTP request line: ": _mask_request_line,
+    "Invalid HTTP method: ": _mask_method,
     "Invalid HTTP Version: ": _mask_version,
     "Invalid HTTP Header: ": _mask_header_line,
     "Invalid HTTP header name: ": _mask_header_line,
     "Obsolete line folding is unacceptable: ": _mask_header_line,
+    # the raw bytes of a request cut short (at DEBUG level): nothing of them is needed
+    "No more data after: ": lambda raw: MASK,
 }
 
 
@@ -134,13 +157,17 @@ def _mask_quoted_request_parts(text: str) -> str:
             continue
         parts, done = [], 0
         while at >= 0:
-            start = at + len(prefix) + 1
-            body = _REPR_BODY.get(text[start - 1 : start])
+            start = at + len(prefix)
+            if text[start : start + 1] == "b":  # repr() of bytes
+                start += 1
+            body = _REPR_BODY.get(text[start : start + 1])
             if body is None:  # not a repr() after all: left to the other rules
                 at = text.find(prefix, start)
                 continue
+            start += 1
             end = body.match(text, start).end()  # type: ignore[union-attr]  # matches "" at least
-            parts += [text[done:start], mask(text[start:end])]
+            value = text[start:end]
+            parts += [text[done:start], value if value in _GUNICORN_OWN_TEXTS else mask(value)]
             done = end
             at = text.find(prefix, end)
         text = "".join(parts) + text[done:]

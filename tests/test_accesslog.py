@@ -177,6 +177,37 @@ def test_the_quick_answer_for_queries_without_secrets_is_the_full_one(query):
         ("Invalid HTTP Header: 'CONTENT-LENGTH'", "Invalid HTTP Header: 'CONTENT-LENGTH'"),
         ("Invalid HTTP header name: 'X Authorization Basic S'", "Invalid HTTP header name: 'X ***'"),
         ("Obsolete line folding is unacceptable: 'X-NOTE'", "Obsolete line folding is unacceptable: 'X-NOTE'"),
+        # a body left on the connection, read as the next request line
+        ("Invalid HTTP request line: 'd=admin&password=S'", "Invalid HTTP request line: '***'"),
+        ("Invalid HTTP request line: 'get_action=login&userid=a&password=S&x=?'", "Invalid HTTP request line: '***'"),
+        (
+            "Invalid HTTP request line: 'POST userid=a&password=S HTTP/1.1'",
+            "Invalid HTTP request line: 'POST *** HTTP/1.1'",
+        ),
+        ("Invalid HTTP request line: 'GET /x y z'", "Invalid HTTP request line: 'GET ***'"),
+        ("Invalid HTTP method: 'userid=admin&password=S'", "Invalid HTTP method: '***'"),
+        ("Invalid HTTP method: 'get'", "Invalid HTTP method: 'get'"),
+        ("Invalid HTTP method: 'GET\\t/x?token=S\\tHTTP/1.1'", "Invalid HTTP method: '***'"),
+        # gunicorn's own words stay
+        (
+            "Invalid HTTP request line: 'bare LF as line terminator'",
+            "Invalid HTTP request line: 'bare LF as line terminator'",
+        ),
+        ("Invalid HTTP Header: 'bare LF as line terminator'", "Invalid HTTP Header: 'bare LF as line terminator'"),
+        ("Invalid HTTP Header: 'COOKIE'", "Invalid HTTP Header: 'COOKIE'"),
+        # the raw bytes of a request cut short: nothing of them
+        ("No more data after: b'GET /x?auth token=S'", "No more data after: b'***'"),
+        (
+            "Ignored premature client disconnection. No more data after: b'Cookie: s=a\\\\rS'",
+            "Ignored premature client disconnection. No more data after: b'***'",
+        ),
+        # an escaped backslash ends no line; an escaped CR does
+        ("b'x\\r\\nCookie: s=a\\\\rS\\r\\nHost: h'", "b'x\\r\\nCookie ***\\r\\nHost: h'"),
+        # the shim's own messages keep their words around a masked target
+        (
+            "upstream unreachable for GET /p?a=1&token=S: the legacy server broke the connection",
+            "upstream unreachable for GET /p?a=1&token=***: the legacy server broke the connection",
+        ),
         # a later "?" on the line is a query of its own
         ("why? GET /x?token=S HTTP/1.1", "why? GET /x?token=*** HTTP/1.1"),
         (

@@ -963,6 +963,28 @@ def test_gunicorn_s_own_messages_never_show_a_secret(raw_shim, head, logged):
     assert "SECRET" not in raw_shim.log()
 
 
+@pytest.mark.parametrize(
+    "leftover, logged",
+    [
+        (b"get_action=login&userid=admin&password=SECRET14\r\n\r\n", "Invalid HTTP request line: '***'"),
+        (b"userid=admin&password=SECRET 15 x\r\n\r\n", "Invalid HTTP method: '***'"),
+    ],
+)
+def test_a_body_left_on_the_connection_never_shows_its_secrets(raw_shim, leftover, logged):
+    """Bytes after a request without a body are read as the next request line, which gunicorn logs."""
+    with socket.create_connection(("127.0.0.1", raw_shim.port), timeout=10) as sock:
+        sock.sendall(b"GET /_shim/health HTTP/1.1\r\nHost: x\r\n\r\n" + leftover)
+        reply = b""
+        while b"HTTP/1.1 400" not in reply and (chunk := sock.recv(65536)):
+            reply += chunk
+    assert b"HTTP/1.1 400" in reply
+    deadline = time.monotonic() + 5
+    while logged not in raw_shim.log():
+        assert time.monotonic() < deadline, raw_shim.log()[-2000:]
+        time.sleep(0.02)
+    assert "SECRET" not in raw_shim.log()
+
+
 @pytest.mark.parametrize("kind", sorted(RawUpstream.FRAMINGS))
 def test_an_answer_whose_framing_reads_two_ways_is_refused(raw_shim, kind):
     answer = raw_request(raw_shim.port, "GET", f"/framing?kind={kind}")
