@@ -55,7 +55,22 @@ _CREDENTIAL_HEADER_IN_TEXT = re.compile(
     re.I,
 )
 #: Texts gunicorn quotes that are its own, not the client's.
-_GUNICORN_OWN_TEXTS = frozenset({"bare LF as line terminator"})
+_GUNICORN_OWN_TEXT = re.compile(r"bare LF as line terminator|line over \d+ bytes with no terminator")
+#: A header value that is one plain word ("100-continue", "gzip"): shown as it is.
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9.-]{1,32}")
+#: The request methods a log line names as sent (RFC 9110, PATCH, WebDAV as
+#: Pydio serves it).  Any other method is a client's bytes, possibly the tail of
+#: a body left on the connection glued to the next request line
+#: ("HUNTER2GET /x"), and shows as ``***``.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+    | {"PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH"}
+)
+
+
+def loggable_method(method: str) -> str:
+    """*method* if it is a known one, else ``***`` (see :data:`KNOWN_METHODS`)."""
+    return method if method in KNOWN_METHODS else MASK
 
 
 def mask_query(query: str) -> str:
@@ -86,7 +101,7 @@ def mask_target(path: str, query: str | None) -> str:
 
 def mask_text(text: str) -> str:
     """Every query, quoted credential header and raw request part inside a free text (a log message) masked."""
-    if "Invalid " in text or "Obsolete " in text or "No more data" in text:
+    if any(word in text for word in _QUOTING_WORDS):
         text = _mask_quoted_request_parts(text)
     if "?" in text:
         text = _QUERY_IN_TEXT.sub(lambda m: "?" + mask_query(m.group(1)), text)
@@ -94,12 +109,13 @@ def mask_text(text: str) -> str:
 
 
 def _mask_request_line(line: str) -> str:
-    # Kept: the method and path of what reads as a request line.  A query that
-    # could be read several ways (a blank, an escape or a second "?": a broken
-    # client's raw bytes) goes whole, and so does anything else after the path
-    # but a version, or a line that is no request line (a body left unread).
+    # Kept: the known method and the path of what reads as a request line.  A
+    # query that could be read several ways (a blank, an escape or a second
+    # "?": a broken client's raw bytes) goes whole, and so does anything else
+    # after the path but a version, or a line that is no request line (a body
+    # left unread).
     head = _REQUEST_LINE_HEAD.match(line)
-    if head is None:
+    if head is None or head.group(1).upper() not in KNOWN_METHODS:
         return MASK
     rest = line[head.end() :]
     version = _TRAILING_VERSION.search(rest)
@@ -114,8 +130,16 @@ def _mask_request_line(line: str) -> str:
 
 
 def _mask_method(method: str) -> str:
-    # The first word of a request line, or of a body left unread ("userid=...&password=...").
-    return method if len(method) <= 20 and not any(c in method for c in "=&\\") else MASK
+    # Shown in any case ("get" is refused for its case), if it is a known method.
+    return method if method.upper() in KNOWN_METHODS else MASK
+
+
+def _mask_unless_plain_word(value: str) -> str:
+    return value if _PLAIN_WORD.fullmatch(value) else MASK
+
+
+def _mask_all(value: str) -> str:
+    return MASK
 
 
 def _mask_version(version: str) -> str:
@@ -129,9 +153,10 @@ def _mask_header_line(header: str) -> str:
     return name if len(name) == len(header) else (name + " " + MASK).lstrip()
 
 
-#: gunicorn's messages that quote raw request bytes (gunicorn.http.errors), and
-#: what of the quoted value is kept: a request line without its query's
-#: secrets, a method, a version only if it is one, a header line's name.
+#: gunicorn's messages that quote raw request bytes (every ``%r`` of
+#: gunicorn.http.errors a client controls), and what of the quoted value is
+#: kept: a request line without its query's secrets, a known method, a version
+#: only if it is one, a header line's name, a plain word.
 _QUOTED_REQUEST_PARTS = {
     "Invalid HTTP request line: ": _mask_request_line,
     "Invalid HTTP method: ": _mask_method,
@@ -139,10 +164,21 @@ _QUOTED_REQUEST_PARTS = {
     "Invalid HTTP Header: ": _mask_header_line,
     "Invalid HTTP header name: ": _mask_header_line,
     "Obsolete line folding is unacceptable: ": _mask_header_line,
-    # the raw bytes of a request cut short (at DEBUG level): nothing of them is needed
-    "No more data after: ": lambda raw: MASK,
+    "Unable to comply with expectation: ": _mask_unless_plain_word,
+    "Unsupported transfer coding: ": _mask_unless_plain_word,
+    # bytes of a body (a chunk size line that is none, a chunk's last bytes) and
+    # raw bytes of a request cut short (DEBUG), of HTTP/2 and PROXY preambles:
+    # nothing of them is needed
+    "Invalid chunk size: ": _mask_all,
+    "Invalid chunk terminator is not '\\r\\n': ": _mask_all,
+    "No more data after: ": _mask_all,
+    "Expected HTTP/2 connection preface, got ": _mask_all,
+    "Invalid PROXY line: ": _mask_all,
 }
 
+
+#: Words of those messages, to pass over a text that has none of them at once.
+_QUOTING_WORDS = ("Invalid ", "Obsolete ", "Unable ", "Unsupported ", "No more data", "Expected HTTP/2")
 
 #: The inside of a repr() string opened by either quote: up to its closing quote
 #: or the end of the line.
@@ -167,7 +203,7 @@ def _mask_quoted_request_parts(text: str) -> str:
             start += 1
             end = body.match(text, start).end()  # type: ignore[union-attr]  # matches "" at least
             value = text[start:end]
-            parts += [text[done:start], value if value in _GUNICORN_OWN_TEXTS else mask(value)]
+            parts += [text[done:start], value if _GUNICORN_OWN_TEXT.fullmatch(value) else mask(value)]
             done = end
             at = text.find(prefix, end)
         text = "".join(parts) + text[done:]

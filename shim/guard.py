@@ -53,9 +53,9 @@ def error_answer(request, exc: Exception):
     else:
         status, text = 500, "internal error in pydio-shim"
     if status == 500:
-        log.exception("unexpected error on %s %s", request.method, request.loggable_target)
+        log.exception("unexpected error on %s %s", request.loggable_method, request.loggable_target)
     elif not isinstance(exc, RequestRefused):
-        log.error("%s %s failed: %s", request.method, request.loggable_target, accesslog.mask_text(str(exc)))
+        log.error("%s %s failed: %s", request.loggable_method, request.loggable_target, accesslog.mask_text(str(exc)))
     return plain(status, text)
 
 
@@ -77,7 +77,7 @@ class GuardedBody:
         except Exception as exc:
             log.error(
                 "%s %s cut after %d body bytes: %s: %s",
-                self.request.method,
+                self.request.loggable_method,
                 self.request.loggable_target,
                 fields.bytes,
                 exc.__class__.__name__,
@@ -124,4 +124,4 @@ class GuardedBody:
                 self.on_finished(self.request, seconds)
             finally:
                 r = self.request
-                accesslog.write_line(r.peer or "-", r.method, r.loggable_target, r.log, seconds)
+                accesslog.write_line(r.peer or "-", r.loggable_method, r.loggable_target, r.log, seconds)

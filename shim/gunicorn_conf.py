@@ -15,7 +15,7 @@ import sys
 import tempfile
 
 from shim import config as _shim_config
-from shim.accesslog import LOG_DATE_FORMAT, LOG_FORMAT
+from shim.accesslog import LOG_DATE_FORMAT, LOG_FORMAT, loggable_method
 from shim.balance import ConnectionCounts
 from shim.gunicorn_worker import ShimThreadWorker
 
@@ -163,3 +163,12 @@ def post_fork(server, worker):
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
+
+
+def pre_request(worker, req):
+    """gunicorn's own DEBUG line per request, with the method as the shim logs it.
+
+    The method may hold the tail of a body left on the connection ("HUNTER2GET"):
+    :func:`shim.accesslog.loggable_method`.  The path has no query.
+    """
+    worker.log.debug("%s %s", loggable_method(req.method), req.path)

@@ -196,7 +196,7 @@ class Forwarder:
             log.warning(
                 "%d forwarded requests in flight: refusing %s %s",
                 self.slots.busy,
-                request.method,
+                request.loggable_method,
                 request.loggable_target,
             )
             return plain(
@@ -264,7 +264,7 @@ class Forwarder:
         kind = {504: "timeout", 503: "busy"}.get(exc.status, "unreachable")
         self.metrics.upstream_errors.labels(kind=kind).inc()
         self.metrics.proxy_requests.labels(status=str(exc.status)).inc()
-        log.error("upstream %s for %s %s: %s", kind, request.method, request.loggable_target, exc)
+        log.error("upstream %s for %s %s: %s", kind, request.loggable_method, request.loggable_target, exc)
         if unavailable:
             return plain(
                 503, f"pydio-shim: neither the database nor the legacy server answers ({exc})", [("Retry-After", "5")]

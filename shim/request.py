@@ -14,7 +14,7 @@ from functools import cached_property
 from werkzeug.wrappers import Request
 
 from . import translate
-from .accesslog import LogFields, mask_target
+from .accesslog import LogFields, loggable_method, mask_target
 from .phpcompat import parse_query
 
 
@@ -102,6 +102,11 @@ class ShimRequest(Request):
         """
         forwarded = self.environ.get("HTTP_X_FORWARDED_FOR")
         return self.trusted and bool(forwarded) and self.client_address in self._trust
+
+    @property
+    def loggable_method(self) -> str:
+        """The method if it is a known one, else ``***`` (it may hold the tail of an unread body)."""
+        return loggable_method(self.method)
 
     @cached_property
     def loggable_target(self) -> str:

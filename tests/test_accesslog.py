@@ -188,6 +188,23 @@ def test_the_quick_answer_for_queries_without_secrets_is_the_full_one(query):
         ("Invalid HTTP method: 'userid=admin&password=S'", "Invalid HTTP method: '***'"),
         ("Invalid HTTP method: 'get'", "Invalid HTTP method: 'get'"),
         ("Invalid HTTP method: 'GET\\t/x?token=S\\tHTTP/1.1'", "Invalid HTTP method: '***'"),
+        ("Invalid HTTP request line: 'CORRECT HORSE'", "Invalid HTTP request line: '***'"),
+        ("Invalid HTTP method: '1a2b:9f8e7d6cGET'", "Invalid HTTP method: '***'"),
+        ("Invalid HTTP method: 'HUNTER2'", "Invalid HTTP method: '***'"),
+        # body bytes where a chunk size or terminator belongs; other quoted header values
+        ("Invalid chunk size: b'userid=admin&password=S'", "Invalid chunk size: b'***'"),
+        (
+            "Invalid chunk size: b'line over 1024 bytes with no terminator'",
+            "Invalid chunk size: b'line over 1024 bytes with no terminator'",
+        ),
+        ("Invalid chunk terminator is not '\\r\\n': b'2\\r'", "Invalid chunk terminator is not '\\r\\n': b'***'"),
+        ("Unable to comply with expectation: 'userid=a&password=S'", "Unable to comply with expectation: '***'"),
+        ("Unable to comply with expectation: 'x; Cookie: S'", "Unable to comply with expectation: '***'"),
+        ("Unable to comply with expectation: '200-ok'", "Unable to comply with expectation: '200-ok'"),
+        ("Unsupported transfer coding: 'a=1&password=S'", "Unsupported transfer coding: '***'"),
+        ("Unsupported transfer coding: 'gzip'", "Unsupported transfer coding: 'gzip'"),
+        ("Expected HTTP/2 connection preface, got b'S'", "Expected HTTP/2 connection preface, got b'***'"),
+        ("Invalid PROXY line: 'PROXY S'", "Invalid PROXY line: '***'"),
         # gunicorn's own words stay
         (
             "Invalid HTTP request line: 'bare LF as line terminator'",
@@ -261,3 +278,12 @@ def test_parameter_names_are_filed_as_php_7_files_them(name, filed_as):
     from shim.phpcompat import php_param_name
 
     assert php_param_name(name) == filed_as
+
+
+@pytest.mark.parametrize(
+    "method, logged",
+    [("GET", "GET"), ("PROPFIND", "PROPFIND"), ("HUNTER2GET", "***"), ("2GET", "***"), ("get", "***"), ("", "***")],
+)
+def test_a_method_is_logged_only_when_it_is_a_known_one(method, logged):
+    """An unknown method may be the tail of a body glued to the next request line."""
+    assert accesslog.loggable_method(method) == logged

@@ -968,6 +968,7 @@ def test_gunicorn_s_own_messages_never_show_a_secret(raw_shim, head, logged):
     [
         (b"get_action=login&userid=admin&password=SECRET14\r\n\r\n", "Invalid HTTP request line: '***'"),
         (b"userid=admin&password=SECRET 15 x\r\n\r\n", "Invalid HTTP method: '***'"),
+        (b"SECRET16 HORSE\r\n\r\n", "Invalid HTTP request line: '***'"),
     ],
 )
 def test_a_body_left_on_the_connection_never_shows_its_secrets(raw_shim, leftover, logged):
@@ -983,6 +984,38 @@ def test_a_body_left_on_the_connection_never_shows_its_secrets(raw_shim, leftove
         assert time.monotonic() < deadline, raw_shim.log()[-2000:]
         time.sleep(0.02)
     assert "SECRET" not in raw_shim.log()
+
+
+def test_a_chunked_body_the_shim_does_not_read_never_shows_its_secrets(raw_shim):
+    """gunicorn reads an unread body to keep the connection: body bytes where a chunk size belongs are logged."""
+    with socket.create_connection(("127.0.0.1", raw_shim.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /_shim/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"userid=admin&password=SECRET17\r\n\r\n"
+        )
+        while sock.recv(65536):
+            pass
+    deadline = time.monotonic() + 5
+    while "Invalid chunk size: b'***'" not in raw_shim.log():
+        assert time.monotonic() < deadline, raw_shim.log()[-2000:]
+        time.sleep(0.02)
+    assert "SECRET" not in raw_shim.log()
+
+
+def test_the_tail_of_a_body_glued_to_the_next_request_line_is_not_logged(raw_shim):
+    """A Content-Length counted in characters leaves a body's last byte before the next request's method."""
+    body = "userid=jörg&password=hunterS".encode()
+    with socket.create_connection(("127.0.0.1", raw_shim.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /_shim/health HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            + f"Content-Length: {len(body) - 1}\r\n\r\n".encode()
+            + body
+            + b"GET /_shim/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        while sock.recv(65536):
+            pass
+    wait_for_access_line(raw_shim, "*** /_shim/health")
+    assert "SGET" not in raw_shim.log()
 
 
 @pytest.mark.parametrize("kind", sorted(RawUpstream.FRAMINGS))
