@@ -148,22 +148,33 @@ def _mask_version(version: str) -> str:
     return version if _VERSION.fullmatch(version) else MASK
 
 
-def _mask_header_line(header: str) -> str:
-    name = _HEADER_NAME.match(header).group()  # type: ignore[union-attr]  # matches "" at least
-    return name if len(name) == len(header) else (name + " " + MASK).lstrip()
+#: The header names gunicorn itself puts in its messages (upper-cased, as it
+#: names a singleton or framing field it refuses).  Any other quoted "header" may
+#: be a raw line without a colon: a credential's value wrapped onto a line of
+#: its own by a broken client ("Authorization: Basic" then "dXNlcjpwdw==").
+_GUNICORN_NAMED_HEADERS = frozenset({"CONTENT-LENGTH", "TRANSFER-ENCODING", "HOST", "CONTENT-TYPE"})
+
+
+def _mask_header(header: str) -> str:
+    return header if header in _GUNICORN_NAMED_HEADERS else MASK
+
+
+def _mask_unless_token(name: str) -> str:
+    # A folded header's name: it came before a colon and passed as a token.
+    return name if _HEADER_NAME.fullmatch(name) and name else MASK
 
 
 #: gunicorn's messages that quote raw request bytes (every ``%r`` of
 #: gunicorn.http.errors a client controls), and what of the quoted value is
 #: kept: a request line without its query's secrets, a known method, a version
-#: only if it is one, a header line's name, a plain word.
+#: only if it is one, a header name gunicorn itself names, a plain word.
 _QUOTED_REQUEST_PARTS = {
     "Invalid HTTP request line: ": _mask_request_line,
     "Invalid HTTP method: ": _mask_method,
     "Invalid HTTP Version: ": _mask_version,
-    "Invalid HTTP Header: ": _mask_header_line,
-    "Invalid HTTP header name: ": _mask_header_line,
-    "Obsolete line folding is unacceptable: ": _mask_header_line,
+    "Invalid HTTP Header: ": _mask_header,
+    "Invalid HTTP header name: ": _mask_header,
+    "Obsolete line folding is unacceptable: ": _mask_unless_token,
     "Unable to comply with expectation: ": _mask_unless_plain_word,
     "Unsupported transfer coding: ": _mask_unless_plain_word,
     # bytes of a body (a chunk size line that is none, a chunk's last bytes) and

@@ -287,10 +287,8 @@ class FastCGIResponse:
                 lines.append(line)
             if len(head) > MAX_HEADER_BYTES:
                 raise FastCGIError(f"response headers exceed {MAX_HEADER_BYTES} bytes")
-        stderr = self.stderr.strip()
-        raise FastCGIError(
-            "FastCGI response ended before the end of its headers" + (f"; stderr: {stderr[:500]}" if stderr else "")
-        )
+        summary = _stderr_summary(self.stderr.strip())
+        raise FastCGIError("FastCGI response ended before the end of its headers" + summary)
 
     def _parse_head(self, lines: list[bytes]) -> None:
         status = None
@@ -437,3 +435,15 @@ class FastCGIClient:
         except BaseException:
             connection.close()
             raise
+
+
+#: What php-fpm itself writes to a request's stderr (not the script): shown as it is.
+_FPM_OWN_STDERR = re.compile(r"Primary script unknown|Access to the script '[^'\n]*' has been denied \(see [\w.]+\)")
+
+
+def _stderr_summary(stderr: str) -> str:
+    # PHP's stderr in an error (logged, and sent in a 502): a script's warnings and
+    # stack traces may quote request data (a password, a token), so only their size.
+    if not stderr or _FPM_OWN_STDERR.fullmatch(stderr):
+        return f"; stderr: {stderr}" if stderr else ""
+    return f"; PHP wrote {len(stderr)} characters to stderr (left out: they may quote request data)"

@@ -44,6 +44,9 @@ control_socket_disable = True
 # gthread, with the request headers gathered by the event loop within a deadline
 # and body reads bounded (shim/gunicorn_worker.py): slow clients hold no thread.
 worker_class = "shim.gunicorn_worker.ShimThreadWorker"
+# gunicorn's own parser whatever is installed: the log masking (shim.accesslog)
+# knows the words of its refusals; the optional C parser (gunicorn_h1c) has others.
+http_parser = "python"
 ShimThreadWorker.header_timeout = _config.server_header_timeout
 ShimThreadWorker.client_timeout = _config.server_client_timeout
 workers = _config.server_workers or max(2, multiprocessing.cpu_count())

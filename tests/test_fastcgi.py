@@ -526,6 +526,16 @@ def test_end_before_headers_raises_with_stderr(fake_server):
         FastCGIClient(server.url).request(SIMPLE_PARAMS)
 
 
+def test_a_script_s_own_stderr_is_left_out_of_the_error(fake_server):
+    """A warning or a stack trace may quote request data: the error (logged, sent in a 502) says only its size."""
+    stderr = b"PHP Warning: login failed for userid=admin&password=SECRET in /var/www/a.php"
+    server = fake_server(reply(record(STDERR, stderr), record(STDOUT, b"X-A: 1\r\n"), end_request()))
+    with pytest.raises(FastCGIError) as raised:
+        FastCGIClient(server.url).request(SIMPLE_PARAMS)
+    assert "SECRET" not in str(raised.value)
+    assert f"PHP wrote {len(stderr)} characters to stderr" in str(raised.value)
+
+
 def test_peer_closing_before_end_request_fails_iter_content(fake_server):
     server = fake_server(reply(record(STDOUT, b"Content-Type: text/plain\r\n\r\npartial")))
     response = FastCGIClient(server.url).request(SIMPLE_PARAMS)
