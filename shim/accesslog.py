@@ -42,8 +42,9 @@ _VERSION = re.compile(r"HTTP/\d+\.\d+")
 _TRAILING_VERSION = re.compile(r" HTTP/\d+\.\d+$")
 _HEADER_NAME = re.compile(r"[!#$%&*+.^_`|~0-9A-Za-z-]*")
 # The start of a request line that is one: a method, a blank, a path with no
-# "?", "=" or "&" (a body left on the connection is none).
-_REQUEST_LINE_HEAD = re.compile(r"([!#$%'*+.^_`|~0-9A-Za-z-]{1,20}) [^\s?=&]*")
+# "?", "=" or "&" (a body left on the connection is none), nor "@" (an absolute
+# target's user and password).
+_REQUEST_LINE_HEAD = re.compile(r"([!#$%'*+.^_`|~0-9A-Za-z-]{1,20}) [^\s?=&@]*")
 # A credential header named in a message, e.g. a header line gunicorn quotes
 # whole ("Invalid HTTP Header: 'Authorization Basic ...'") or the raw bytes of
 # a request it gave up on ("...\\r\\nCookie: s=..."): masked to the end of its

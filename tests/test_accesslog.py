@@ -193,6 +193,10 @@ def test_the_quick_answer_for_queries_without_secrets_is_the_full_one(query):
         ("Invalid HTTP method: 'get'", "Invalid HTTP method: 'get'"),
         ("Invalid HTTP method: 'GET\\t/x?token=S\\tHTTP/1.1'", "Invalid HTTP method: '***'"),
         ("Invalid HTTP request line: 'CORRECT HORSE'", "Invalid HTTP request line: '***'"),
+        (
+            "Invalid HTTP request line: 'GET http://u:S@h/x\\x01 HTTP/1.1'",
+            "Invalid HTTP request line: 'GET *** HTTP/1.1'",
+        ),
         ("Invalid HTTP method: '1a2b:9f8e7d6cGET'", "Invalid HTTP method: '***'"),
         ("Invalid HTTP method: 'HUNTER2'", "Invalid HTTP method: '***'"),
         # body bytes where a chunk size or terminator belongs; other quoted header values
