@@ -189,8 +189,8 @@ _QUOTED_REQUEST_PARTS = {
 }
 
 
-#: Words of those messages, to pass over a text that has none of them at once.
-_QUOTING_WORDS = ("Invalid ", "Obsolete ", "Unable ", "Unsupported ", "No more data", "Expected HTTP/2")
+#: The first words of those messages, to pass over a text that has none of them at once.
+_QUOTING_WORDS = tuple({prefix.split(" ", 1)[0] + " " for prefix in _QUOTED_REQUEST_PARTS})
 
 #: The inside of a repr() string opened by either quote: up to its closing quote
 #: or the end of the line.

@@ -442,8 +442,9 @@ _FPM_OWN_STDERR = re.compile(r"Primary script unknown|Access to the script '[^'\
 
 
 def _stderr_summary(stderr: str) -> str:
-    # PHP's stderr in an error (logged, and sent in a 502): a script's warnings and
-    # stack traces may quote request data (a password, a token), so only their size.
-    if not stderr or _FPM_OWN_STDERR.fullmatch(stderr):
-        return f"; stderr: {stderr}" if stderr else ""
+    # In an error (logged, sent in a 502) only the size of a script's stderr: it may quote request data.
+    if not stderr:
+        return ""
+    if _FPM_OWN_STDERR.fullmatch(stderr):
+        return f"; stderr: {stderr}"
     return f"; PHP wrote {len(stderr)} characters to stderr (left out: they may quote request data)"
