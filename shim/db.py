@@ -22,76 +22,85 @@ log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
+
 # The meta.syncable tables.  Column types here only serve reads; creation uses
 # the per-engine DDL of shim.schema, so that triggers and enum types match Pydio's.
-changes = sa.Table(
-    "ajxp_changes",
-    metadata,
-    sa.Column("seq", sa.BigInteger, primary_key=True),
-    sa.Column("repository_identifier", sa.Text),
-    sa.Column("node_id", sa.BigInteger),
-    # What happened: "create", "delete", "content" or "path" (a move or a rename; an
-    # ENUM on MySQL, an enum type on PostgreSQL, TEXT on SQLite: read as text), and
-    # the node's path before and after ("NULL" on the side that has none).
-    sa.Column("type", sa.Text),
-    sa.Column("source", sa.Text),
-    sa.Column("target", sa.Text),
-)
+def _syncable_table(name: str, key: str, **columns: sa.types.TypeEngine | type) -> sa.Table:
+    """A meta.syncable table: its BIGINT key, the workspace (repository) each row
+    belongs to, then its own columns, named with their types in table order."""
+    own = [sa.Column(column, type_) for column, type_ in columns.items()]
+    key_column = sa.Column(key, sa.BigInteger, primary_key=True)
+    return sa.Table(name, metadata, key_column, sa.Column("repository_identifier", sa.Text), *own)
 
-index = sa.Table(
-    "ajxp_index",
-    metadata,
-    sa.Column("node_id", sa.BigInteger, primary_key=True),
-    sa.Column("node_path", sa.Text),
-    sa.Column("bytesize", sa.BigInteger),
-    sa.Column("md5", sa.String(32)),
-    sa.Column("mtime", sa.BigInteger),
-    sa.Column("repository_identifier", sa.Text),
+
+# A change row: the node it is about, what happened to it ("create", "delete",
+# "content" or "path", a move or a rename; an ENUM on MySQL, an enum type on
+# PostgreSQL, TEXT on SQLite: read as text), and the node's path before and after
+# ("NULL" on the side that has none).
+changes = _syncable_table("ajxp_changes", "seq", node_id=sa.BigInteger, type=sa.Text, source=sa.Text, target=sa.Text)
+# An indexed node, as the feed reports it for creations and edits.
+index = _syncable_table(
+    "ajxp_index", "node_id", node_path=sa.Text, bytesize=sa.BigInteger, md5=sa.String(32), mtime=sa.BigInteger
 )
 
 # The conf.sql and auth.sql tables the shim reads, with the column types of
 # Pydio 8.2.5's own DDL on each engine (PostgreSQL keeps serialized values in
-# bytea, SQLite roles in a blob).  Pydio creates them; tests and the demo create
-# them with create_all() from these definitions.
+# bytea, SQLite roles in a blob) and the index names of its PostgreSQL DDL.
+# Pydio creates them; tests and the demo create them with create_all() from
+# these definitions.
 conf_metadata = sa.MetaData()
 # A text column Pydio declares binary on PostgreSQL (bytea) and, for roles, on SQLite (blob).
 _SERIALIZED = sa.Text().with_variant(postgresql.BYTEA(), "postgresql")
 _SERIAL_ROLE = sa.Text().with_variant(postgresql.BYTEA(), "postgresql").with_variant(sa.LargeBinary(), "sqlite")
+
+
+def _option_rows(
+    name: str, key: str, owner: str, owner_length: int, name_length: int, *constraints: sa.Index | sa.Constraint
+) -> sa.Table:
+    """A table of named options of an owner, as Pydio keeps a user's preferences
+    and a workspace's options: a serial key, the owner's id and the option's name
+    (both NOT NULL), and its value, bytes that hold a plain or an encoded string."""
+    return sa.Table(
+        name,
+        conf_metadata,
+        sa.Column(key, sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column(owner, sa.String(owner_length), nullable=False),
+        sa.Column("name", sa.String(name_length), nullable=False),
+        sa.Column("val", sa.LargeBinary),
+        *constraints,
+    )
+
 
 users = sa.Table(
     "ajxp_users",
     conf_metadata,
     sa.Column("login", sa.String(255), primary_key=True),
     sa.Column("password", sa.String(255), nullable=False),
-    sa.Column("groupPath", sa.String(255), nullable=True),
+    sa.Column("groupPath", sa.String(255)),
 )
 
 user_rights = sa.Table(
     "ajxp_user_rights",
     conf_metadata,
     sa.Column("rid", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("login", sa.String(255), nullable=False, index=True),
-    sa.Column("repo_uuid", sa.String(33), nullable=False, index=True),
+    sa.Column("login", sa.String(255), nullable=False),
+    sa.Column("repo_uuid", sa.String(33), nullable=False),
     sa.Column("rights", sa.Text, nullable=False),
+    sa.Index("ajxp_user_rights_i", "repo_uuid"),
+    sa.Index("ajxp_user_rights_k", "login"),
 )
 
-user_prefs = sa.Table(
-    "ajxp_user_prefs",
-    conf_metadata,
-    sa.Column("rid", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("login", sa.String(255), nullable=False),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("val", sa.LargeBinary),
-    sa.UniqueConstraint("login", "name", name="prefs_login_name"),
+user_prefs = _option_rows(
+    "ajxp_user_prefs", "rid", "login", 255, 255, sa.UniqueConstraint("login", "name", name="prefs_login_name")
 )
 
 repo = sa.Table(
     "ajxp_repo",
     conf_metadata,
     sa.Column("uuid", sa.String(33), primary_key=True),
-    sa.Column("parent_uuid", sa.String(33), nullable=True),
-    sa.Column("owner_user_id", sa.String(255), nullable=True),
-    sa.Column("child_user_id", sa.String(255), nullable=True),
+    sa.Column("parent_uuid", sa.String(33)),
+    sa.Column("owner_user_id", sa.String(255)),
+    sa.Column("child_user_id", sa.String(255)),
     sa.Column("path", sa.String(255)),
     sa.Column("display", sa.String(255)),
     sa.Column("accessType", sa.String(20)),
@@ -105,22 +114,15 @@ repo = sa.Table(
     sa.Column("groupPath", sa.String(255)),
 )
 
-repo_options = sa.Table(
-    "ajxp_repo_options",
-    conf_metadata,
-    sa.Column("oid", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("uuid", sa.String(33), nullable=False, index=True),
-    sa.Column("name", sa.String(50), nullable=False),
-    sa.Column("val", sa.LargeBinary),
-)
+repo_options = _option_rows("ajxp_repo_options", "oid", "uuid", 33, 50, sa.Index("ajxp_repo_options_uuid_idx", "uuid"))
 
 roles = sa.Table(
     "ajxp_roles",
     conf_metadata,
     sa.Column("role_id", sa.String(255), primary_key=True),
     sa.Column("serial_role", _SERIAL_ROLE, nullable=False),
-    sa.Column("searchable_repositories", sa.Text, nullable=True),
-    sa.Column("owner_user_id", sa.String(255), nullable=True, index=True),
+    sa.Column("searchable_repositories", sa.Text),
+    sa.Column("owner_user_id", sa.String(255), index=True),
     sa.Column("last_updated", sa.Integer, nullable=False, default=0, index=True),
 )
 
@@ -143,9 +145,9 @@ simple_store = sa.Table(
     conf_metadata,
     sa.Column("object_id", sa.String(255), primary_key=True),
     sa.Column("store_id", sa.String(50), primary_key=True),
-    sa.Column("serialized_data", _SERIALIZED.with_variant(mysql.LONGTEXT(), "mysql"), nullable=True),
-    sa.Column("binary_data", sa.LargeBinary, nullable=True),
-    sa.Column("related_object_id", sa.String(255), nullable=True),
+    sa.Column("serialized_data", _SERIALIZED.with_variant(mysql.LONGTEXT(), "mysql")),
+    sa.Column("binary_data", sa.LargeBinary),
+    sa.Column("related_object_id", sa.String(255)),
     sa.Column("insertion_date", sa.DateTime, server_default=sa.func.current_timestamp()),
 )
 
